@@ -1,0 +1,246 @@
+'use strict'
+
+const { EventEmitter } = require('node:events')
+const { Connection } = require('./native')
+const nuid = require('./nuid')
+const { parseConnectArgs } = require('./options')
+const { Subscription, SubscriptionOptions } = require('./subscription')
+const { stanError, closedError, fromNative, text } = require('./errors')
+
+const CONNECTING = 0
+const CONNECTED = 1
+const CLOSING = 2
+const CLOSED = 3
+
+function badData (data) {
+  const kind = data === null ? 'null' : Array.isArray(data) ? 'array' : typeof data
+  return stanError('BAD_DATA', `stan: data must be a string, Buffer or Uint8Array, got ${kind}`)
+}
+
+/** Normalises publish data as 0.3.2 accepts it; returns undefined for unsupported types. */
+function payloadOf (data) {
+  if (typeof data === 'string' || data instanceof Uint8Array) return data
+  if (data === undefined || data === null) return ''
+  return undefined
+}
+
+/**
+ * A STAN connection: node-nats-streaming 0.3.2's `Stan` object. Its state
+ * lives in Rust; this class keeps the JS-facing parts (callbacks, events,
+ * subscriptions by id) and drains the native side once per wake.
+ */
+class Stan extends EventEmitter {
+  constructor (clusterID, clientID, opts) {
+    super()
+    const { options, native } = parseConnectArgs(clusterID, clientID, opts)
+    this.clusterID = clusterID
+    this.clientID = clientID
+    this.options = options
+    this._state = CONNECTING
+    this._maxInFlight = Math.max(1, Math.trunc(options.maxPubAcksInflight))
+    this._pending = new Map()
+    this._waiting = []
+    this._nextToken = 0
+    this._subs = new Map()
+    this._nextSid = 0
+    try {
+      this._native = new Connection(native, () => this._onWake())
+    } catch (err) {
+      throw fromNative(err)
+    }
+  }
+
+  isClosed () { return this._state >= CLOSING }
+
+  subscriptionOptions () { return new SubscriptionOptions() }
+
+  /**
+   * Publishes `data` to channel `subject` and returns the guid. `callback(err, guid)`
+   * runs once the server stored the message (or it failed). Beyond
+   * `maxPubAcksInflight` unacked publishes, publishes with a callback wait
+   * for room; publishes without one throw `stan: max in flight reached.`.
+   */
+  publish (subject, data, callback) {
+    if (typeof data === 'function' && callback === undefined) {
+      callback = data
+      data = undefined
+    }
+    const cb = typeof callback === 'function' ? callback : undefined
+    if (this._state >= CLOSING) return this._failNow(closedError(), cb)
+    const payload = payloadOf(data)
+    if (payload === undefined) return this._failNow(badData(data), cb)
+    if (typeof subject !== 'string' || subject.length === 0) {
+      return this._failNow(stanError('BAD_SUBJECT', text.BAD_SUBJECT), cb)
+    }
+    const guid = nuid.next()
+    const entry = { subject, payload, cb, guid }
+    if (this._state === CONNECTED && this._waiting.length === 0 && this._pending.size < this._maxInFlight) {
+      if (!this._send(entry, cb === undefined)) return undefined
+    } else if (cb === undefined && this._state === CONNECTED) {
+      throw stanError('MAX_IN_FLIGHT', text.MAX_IN_FLIGHT)
+    } else {
+      this._waiting.push(entry)
+    }
+    return guid
+  }
+
+  _failNow (err, cb) {
+    if (cb === undefined) throw err
+    process.nextTick(cb, err)
+    return undefined
+  }
+
+  /** Returns false when the native side refused the publish (error already reported). */
+  _send (entry, throwOnError) {
+    const token = this._nextToken
+    this._nextToken = (token + 1) >>> 0
+    try {
+      this._native.publish(entry.subject, entry.payload, token, entry.guid)
+    } catch (err) {
+      const error = fromNative(err)
+      if (throwOnError) throw error
+      if (entry.cb !== undefined) process.nextTick(entry.cb, error, entry.guid)
+      return false
+    }
+    this._pending.set(token, entry)
+    return true
+  }
+
+  _sendWaiting () {
+    let sent = 0
+    while (sent < this._waiting.length && this._pending.size < this._maxInFlight && this._state === CONNECTED) {
+      this._send(this._waiting[sent++], false)
+    }
+    if (sent > 0) this._waiting.splice(0, sent)
+  }
+
+  /**
+   * `subscribe(subject, [qGroup], [opts])`: messages arrive as `message`
+   * events, never before `ready`.
+   */
+  subscribe (subject, qGroup, opts) {
+    let group
+    let options
+    if (typeof qGroup === 'string') {
+      group = qGroup
+      if (opts !== null && typeof opts === 'object') options = opts
+    } else if (qGroup !== null && typeof qGroup === 'object') {
+      options = qGroup
+    } else if (opts !== null && typeof opts === 'object') {
+      options = opts
+    }
+    options = options ?? new SubscriptionOptions()
+    const sid = ++this._nextSid
+    const sub = new Subscription(this, sid, subject, group, options)
+    if (typeof subject !== 'string' || subject.length === 0) {
+      sub._closed = true
+      process.nextTick(() => sub.emit('error', stanError('BAD_SUBJECT', text.BAD_SUBJECT)))
+      return sub
+    }
+    if (this._state >= CLOSING) {
+      sub._closed = true
+      process.nextTick(() => sub.emit('error', closedError()))
+      return sub
+    }
+    this._subs.set(sid, sub)
+    if (this._state === CONNECTED) sub._start(this._native)
+    return sub
+  }
+
+  _forgetSubscription (sub) {
+    this._subs.delete(sub._sid)
+  }
+
+  /** Closes the connection; `close` follows once the native side has stopped. */
+  close () {
+    if (this._state >= CLOSING) return
+    this._state = CLOSING
+    this._failPending(closedError())
+    this._native.close()
+  }
+
+  _failPending (err) {
+    const pending = [...this._pending.values(), ...this._waiting]
+    this._pending.clear()
+    this._waiting = []
+    for (const entry of pending) {
+      if (entry.cb !== undefined) entry.cb(err, entry.guid)
+    }
+  }
+
+  _onWake () {
+    const poll = this._native.poll()
+    let closed = false
+    for (const event of poll.events) {
+      if (event.kind === 'close') closed = true
+      else this._onEvent(event)
+    }
+    for (const delivery of poll.deliveries) {
+      const sub = this._subs.get(delivery.sid)
+      if (sub !== undefined && !sub._closed) sub._deliver(delivery.data, delivery.meta)
+    }
+    this._settle(poll.acked, poll.failed)
+    if (closed) this._onClosed()
+  }
+
+  _onEvent (event) {
+    switch (event.kind) {
+      case 'connect':
+        if (this._state !== CONNECTING) return
+        this._state = CONNECTED
+        for (const sub of this._subs.values()) sub._start(this._native)
+        this._sendWaiting()
+        this.emit('connect', this)
+        break
+      case 'connect_error':
+        this._state = CLOSING
+        this._failPending(fromNative(event))
+        this.emit('error', fromNative(event))
+        break
+      case 'disconnect':
+        this.emit('disconnect')
+        break
+      case 'reconnect':
+        this.emit('reconnect', this)
+        break
+      case 'error':
+        this.emit('error', fromNative(event))
+        break
+      default: {
+        const sub = this._subs.get(event.sid)
+        if (sub === undefined) return
+        if (event.kind === 'unsubscribed' || event.kind === 'closed') this._subs.delete(event.sid)
+        sub._onEvent(event)
+      }
+    }
+  }
+
+  _settle (acked, failed) {
+    for (let i = 0; i < acked.length; i++) {
+      const entry = this._pending.get(acked[i])
+      if (entry === undefined) continue
+      this._pending.delete(acked[i])
+      if (entry.cb !== undefined) entry.cb(undefined, entry.guid)
+    }
+    for (const failure of failed) {
+      const entry = this._pending.get(failure.token)
+      if (entry === undefined) continue
+      this._pending.delete(failure.token)
+      if (entry.cb !== undefined) entry.cb(fromNative(failure), entry.guid)
+    }
+    if (this._waiting.length > 0) this._sendWaiting()
+  }
+
+  _onClosed () {
+    this._state = CLOSED
+    this._failPending(closedError())
+    this._subs.clear()
+    this.emit('close')
+  }
+}
+
+function connect (clusterID, clientID, opts) {
+  return new Stan(clusterID, clientID, opts)
+}
+
+module.exports = { connect, Stan }

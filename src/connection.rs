@@ -1,0 +1,82 @@
+//! The napi class behind a `Stan` object. It converts arguments and forwards
+//! to the backend session; the logic lives in `jetstream/`.
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{Either, Float64Array, Function, Uint8Array, Unknown};
+use napi_derive::napi;
+
+use crate::error::ErrorCode;
+use crate::jetstream::Session;
+use crate::options::{ConnectOptions, SubscribeOptions};
+use crate::outbox::{Outbox, Poll};
+
+
+#[napi]
+pub struct Connection {
+    session: Arc<Session>,
+}
+
+#[napi]
+impl Connection {
+    /// Starts connecting. `wake` is called (with no arguments) whenever
+    /// `poll()` has something new; it keeps the event loop alive until the
+    /// `close` event has been polled.
+    #[napi(constructor, catch_unwind)]
+    pub fn new(options: ConnectOptions, wake: Function<(), Unknown<'static>>) -> napi::Result<Self, ErrorCode> {
+        let wake = wake
+            .build_threadsafe_function()
+            .callee_handled::<false>()
+            .build()
+            .map_err(|err| napi::Error::new(ErrorCode::BadOption, err.reason.clone()))?;
+        let outbox = Arc::new(Outbox::new(wake));
+        let session = Session::start(options, outbox)?;
+        Ok(Connection { session })
+    }
+
+    /// Queues a publish; its outcome arrives through `poll()` under `token`.
+    /// `guid` becomes the `Nats-Msg-Id`, so a retried publish is stored once.
+    #[napi(catch_unwind)]
+    pub fn publish(
+        &self,
+        subject: String,
+        data: Either<String, Uint8Array>,
+        token: u32,
+        guid: String,
+    ) -> napi::Result<(), ErrorCode> {
+        let payload: &[u8] = match &data {
+            Either::A(text) => text.as_bytes(),
+            Either::B(bytes) => bytes,
+        };
+        Ok(self.session.publish(subject, payload, token, guid)?)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn subscribe(&self, sid: u32, options: SubscribeOptions) -> napi::Result<(), ErrorCode> {
+        Ok(self.session.subscribe(sid, options)?)
+    }
+
+    /// `close: true` keeps durable state (`Subscription.close()`), `false`
+    /// removes it (`Subscription.unsubscribe()`).
+    #[napi(catch_unwind)]
+    pub fn unsubscribe(&self, sid: u32, close: bool) -> napi::Result<(), ErrorCode> {
+        Ok(self.session.unsubscribe(sid, close)?)
+    }
+
+    /// Acks delivered messages by the ack ids of their delivery batch.
+    #[napi(catch_unwind)]
+    pub fn ack(&self, sid: u32, ids: Float64Array) {
+        self.session.ack(sid, &ids);
+    }
+
+    /// Everything that became ready since the last poll, in one crossing.
+    #[napi(catch_unwind)]
+    pub fn poll(&self) -> Poll {
+        self.session.poll()
+    }
+
+    #[napi(catch_unwind)]
+    pub fn close(&self) {
+        self.session.close();
+    }
+}

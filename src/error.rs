@@ -1,0 +1,103 @@
+//! Typed errors. Every error that reaches JavaScript carries a stable `code`
+//! (the napi status string) and, where node-nats-streaming 0.3.2 had one, its
+//! exact message text, so applications matching on either keep working.
+
+use std::fmt;
+
+/// The stable codes of the public contract. Tests and applications match on
+/// these strings, so a variant's string never changes once released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadSubject,
+    BadData,
+    BadOption,
+    MaxPayload,
+    ConnectionClosed,
+    ConnectFailed,
+    ConnectTimeout,
+    JetStreamNotEnabled,
+    StreamNotFound,
+    StreamError,
+    PubAckTimeout,
+    PublishFailed,
+    SubscribeFailed,
+    ServerError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadSubject => "BAD_SUBJECT",
+            ErrorCode::BadData => "BAD_DATA",
+            ErrorCode::BadOption => "BAD_OPTION",
+            ErrorCode::MaxPayload => "MAX_PAYLOAD",
+            ErrorCode::ConnectionClosed => "CONNECTION_CLOSED",
+            ErrorCode::ConnectFailed => "CONN_ERR",
+            ErrorCode::ConnectTimeout => "CONNECT_TIMEOUT",
+            ErrorCode::JetStreamNotEnabled => "JETSTREAM_NOT_ENABLED",
+            ErrorCode::StreamNotFound => "STREAM_NOT_FOUND",
+            ErrorCode::StreamError => "STREAM_ERROR",
+            ErrorCode::PubAckTimeout => "PUB_ACK_TIMEOUT",
+            ErrorCode::PublishFailed => "PUBLISH_FAILED",
+            ErrorCode::SubscribeFailed => "SUBSCRIBE_FAILED",
+            ErrorCode::ServerError => "SERVER_ERROR",
+        }
+    }
+}
+
+impl AsRef<str> for ErrorCode {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<napi::Status> for ErrorCode {
+    // napi's own failures (argument conversion) are the caller handing us a
+    // wrong type, which is what BAD_OPTION/BAD_DATA mean to the JS wrapper.
+    fn from(_: napi::Status) -> Self {
+        ErrorCode::BadOption
+    }
+}
+
+/// Messages node-nats-streaming 0.3.2 users match on.
+pub mod text {
+    pub const CONNECTION_CLOSED: &str = "stan: Connection closed";
+    pub const PUB_ACK_TIMEOUT: &str = "stan: publish ack timeout";
+    pub const SUBJECT_REQUIRED: &str = "stan: subject must be supplied";
+    pub const CONNECT_TIMEOUT: &str = "stan: connect request timeout";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetstanError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl JetstanError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn closed() -> Self {
+        Self::new(ErrorCode::ConnectionClosed, text::CONNECTION_CLOSED)
+    }
+}
+
+impl fmt::Display for JetstanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for JetstanError {}
+
+impl From<JetstanError> for napi::Error<ErrorCode> {
+    fn from(err: JetstanError) -> Self {
+        napi::Error::new(err.code, err.message)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, JetstanError>;

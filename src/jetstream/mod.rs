@@ -1,0 +1,8 @@
+//! STAN semantics on JetStream streams and consumers (the default backend).
+
+mod consumer;
+mod publisher;
+mod session;
+pub mod streams;
+
+pub use session::Session;

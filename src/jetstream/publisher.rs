@@ -1,0 +1,195 @@
+//! The publish pipeline: one task per connection sends every publish with a
+//! per-message reply subject under one wildcard inbox, matches JetStream
+//! PubAcks by the token in that subject, times out the ones that never come,
+//! and hands results to JS in batches.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{jetstream, Client, HeaderMap, Subscriber};
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::streams::StreamCache;
+use crate::error::{text, ErrorCode, JetstanError};
+use crate::outbox::Outbox;
+
+/// How many ready acks are folded into one hand-off to JS at most.
+const ACK_BATCH: usize = 1024;
+
+pub struct PublishRequest {
+    pub token: u32,
+    pub subject: String,
+    pub guid: String,
+    pub payload: Bytes,
+}
+
+#[derive(Deserialize)]
+struct PubAck {
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    description: String,
+}
+
+pub struct Publisher {
+    pub client: Client,
+    pub js: jetstream::Context,
+    pub streams: Arc<StreamCache>,
+    pub outbox: Arc<Outbox>,
+    pub ack_timeout: Duration,
+    pub reply_prefix: String,
+    pub acks: Subscriber,
+}
+
+#[derive(Default)]
+struct Results {
+    acked: Vec<u32>,
+    failed: Vec<(u32, JetstanError)>,
+}
+
+impl Publisher {
+    pub async fn run(mut self, mut requests: mpsc::UnboundedReceiver<PublishRequest>) {
+        let mut in_flight: HashMap<u32, String> = HashMap::new();
+        let mut deadlines: VecDeque<(Instant, u32)> = VecDeque::new();
+        let mut results = Results::default();
+        loop {
+            let next_deadline = deadlines.front().map(|(at, _)| *at);
+            tokio::select! {
+                biased;
+                ack = self.acks.next() => {
+                    let Some(ack) = ack else { break };
+                    self.settle(ack, &mut in_flight, &mut results);
+                    for _ in 0..ACK_BATCH {
+                        match self.acks.next().now_or_never() {
+                            Some(Some(ack)) => self.settle(ack, &mut in_flight, &mut results),
+                            _ => break,
+                        }
+                    }
+                }
+                request = requests.recv() => {
+                    let Some(request) = request else { break };
+                    self.send(request, &mut in_flight, &mut deadlines, &mut results).await;
+                    while let Ok(request) = requests.try_recv() {
+                        self.send(request, &mut in_flight, &mut deadlines, &mut results).await;
+                    }
+                }
+                _ = sleep_until(next_deadline) => {
+                    let now = Instant::now();
+                    while let Some(&(at, token)) = deadlines.front() {
+                        if at > now {
+                            break;
+                        }
+                        deadlines.pop_front();
+                        if in_flight.remove(&token).is_some() {
+                            results.failed.push((
+                                token,
+                                JetstanError::new(ErrorCode::PubAckTimeout, text::PUB_ACK_TIMEOUT),
+                            ));
+                        }
+                    }
+                }
+            }
+            // Acks settle out of deadline order; drop the stale front entries
+            // so the queue stays as small as what is really in flight.
+            while let Some((_, token)) = deadlines.front() {
+                if in_flight.contains_key(token) {
+                    break;
+                }
+                deadlines.pop_front();
+            }
+            self.outbox
+                .push_publish_results(&mut results.acked, &mut results.failed);
+        }
+    }
+
+    async fn send(
+        &self,
+        request: PublishRequest,
+        in_flight: &mut HashMap<u32, String>,
+        deadlines: &mut VecDeque<(Instant, u32)>,
+        results: &mut Results,
+    ) {
+        if let Err(err) = self.streams.stream_for(&self.js, &request.subject).await {
+            results.failed.push((request.token, err));
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", request.guid.as_str());
+        let reply = format!("{}.{}", self.reply_prefix, request.token);
+        let sent = self
+            .client
+            .publish_with_reply_and_headers(request.subject.clone(), reply, headers, request.payload)
+            .await;
+        match sent {
+            Ok(()) => {
+                in_flight.insert(request.token, request.subject);
+                deadlines.push_back((Instant::now() + self.ack_timeout, request.token));
+            }
+            Err(err) => results.failed.push((
+                request.token,
+                JetstanError::new(ErrorCode::PublishFailed, err.to_string()),
+            )),
+        }
+    }
+
+    fn settle(&self, ack: async_nats::Message, in_flight: &mut HashMap<u32, String>, results: &mut Results) {
+        let Some(token) = ack
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            return;
+        };
+        let Some(channel) = in_flight.remove(&token) else {
+            // Late ack after a timeout, or a stray message on our inbox.
+            return;
+        };
+        if ack.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            // The stream went away after we cached it; the next publish looks again.
+            self.streams.forget(&channel);
+            results.failed.push((
+                token,
+                JetstanError::new(
+                    ErrorCode::StreamNotFound,
+                    format!("no stream answered for channel '{channel}'"),
+                ),
+            ));
+            return;
+        }
+        match serde_json::from_slice::<PubAck>(&ack.payload) {
+            Ok(PubAck { error: None }) => results.acked.push(token),
+            Ok(PubAck {
+                error: Some(api_error),
+            }) => results.failed.push((
+                token,
+                JetstanError::new(
+                    ErrorCode::ServerError,
+                    format!("{} (code {})", api_error.description, api_error.code),
+                ),
+            )),
+            Err(err) => results.failed.push((
+                token,
+                JetstanError::new(ErrorCode::ServerError, format!("unreadable publish ack: {err}")),
+            )),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

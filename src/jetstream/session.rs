@@ -1,0 +1,386 @@
+//! One STAN connection on JetStream: the NATS client, the publish pipeline,
+//! the subscriptions, and the order in which they start and stop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_nats::{jetstream, Client, Event as NatsEvent, Subject};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::consumer::{AckRegistry, Stop, SubscriptionTask};
+use super::publisher::{PublishRequest, Publisher};
+use super::streams::StreamCache;
+use crate::error::{text, ErrorCode, JetstanError, Result};
+use crate::options::{ConnectOptions, SubscribeOptions};
+use crate::outbox::{Event, Outbox, Poll};
+use crate::subject::validate_channel;
+
+/// Room for the `Nats-Msg-Id` header that every publish carries, counted
+/// against the server's max_payload together with the data.
+const PUBLISH_HEADER_BYTES: usize = 64;
+/// Upper bound on the whole of `close()` after the subscriptions stopped, so
+/// a dead server cannot keep the process alive.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+enum Phase {
+    Connecting,
+    Open(Live),
+    Closing,
+    Closed,
+}
+
+struct Live {
+    client: Client,
+    js: jetstream::Context,
+    streams: Arc<StreamCache>,
+    publish_tx: mpsc::UnboundedSender<PublishRequest>,
+    ack_tx: mpsc::UnboundedSender<Vec<Subject>>,
+    max_payload: usize,
+}
+
+struct SubHandle {
+    stop: oneshot::Sender<Stop>,
+    registry: Arc<Mutex<AckRegistry>>,
+    task: JoinHandle<()>,
+}
+
+pub struct Session {
+    options: ConnectOptions,
+    outbox: Arc<Outbox>,
+    phase: Mutex<Phase>,
+    subs: Mutex<HashMap<u32, SubHandle>>,
+    connected_once: AtomicBool,
+}
+
+impl Session {
+    /// Validates the options and starts connecting; the outcome arrives as a
+    /// `connect` or `connect_error` event.
+    pub fn start(options: ConnectOptions, outbox: Arc<Outbox>) -> Result<Arc<Session>> {
+        options.server_urls()?;
+        let session = Arc::new(Session {
+            options,
+            outbox,
+            phase: Mutex::new(Phase::Connecting),
+            subs: Mutex::new(HashMap::new()),
+            connected_once: AtomicBool::new(false),
+        });
+        let connecting = Arc::clone(&session);
+        napi::bindgen_prelude::spawn(connecting.connect());
+        Ok(session)
+    }
+
+    async fn connect(self: Arc<Self>) {
+        match self.open().await {
+            Ok(live) => {
+                // Checked and set under one lock: a close() racing with the
+                // connect either sees Open or leaves the closing to us.
+                let closed_meanwhile = {
+                    let mut phase = self.phase.lock();
+                    if matches!(*phase, Phase::Connecting) {
+                        *phase = Phase::Open(live);
+                        None
+                    } else {
+                        Some(live)
+                    }
+                };
+                match closed_meanwhile {
+                    None => self.outbox.push_event(Event::Connected),
+                    Some(live) => self.finish_close(Some(live)).await,
+                }
+            }
+            Err(err) => {
+                let closed_by_user = {
+                    let mut phase = self.phase.lock();
+                    let closing = matches!(*phase, Phase::Closing);
+                    *phase = Phase::Closed;
+                    closing
+                };
+                if !closed_by_user {
+                    self.outbox.push_event(Event::ConnectFailed(err));
+                }
+                self.outbox.push_event(Event::Closed);
+                self.outbox.release();
+            }
+        }
+    }
+
+    async fn open(self: &Arc<Self>) -> Result<Live> {
+        let options = &self.options;
+        let timeout = options.connect_timeout();
+        let client = tokio::time::timeout(timeout, self.nats_options().connect(options.server_urls()?))
+            .await
+            .map_err(|_| JetstanError::new(ErrorCode::ConnectTimeout, text::CONNECT_TIMEOUT))?
+            .map_err(|err| {
+                JetstanError::new(
+                    ErrorCode::ConnectFailed,
+                    format!("Could not connect to server: {err}"),
+                )
+            })?;
+        let js = jetstream::new(client.clone());
+        match tokio::time::timeout(timeout, js.query_account()).await {
+            Err(_) => {
+                return Err(JetstanError::new(
+                    ErrorCode::ConnectTimeout,
+                    text::CONNECT_TIMEOUT,
+                ))
+            }
+            Ok(Err(err)) => {
+                return Err(JetstanError::new(
+                    ErrorCode::JetStreamNotEnabled,
+                    format!("JetStream is not available on this server: {err}"),
+                ))
+            }
+            Ok(Ok(_)) => {}
+        }
+        let reply_prefix = client.new_inbox();
+        let acks = client
+            .subscribe(format!("{reply_prefix}.*"))
+            .await
+            .map_err(|err| JetstanError::new(ErrorCode::ConnectFailed, err.to_string()))?;
+        let streams = Arc::new(StreamCache::new(
+            options.cluster_id.clone(),
+            options.auto_create_streams.unwrap_or(true),
+        ));
+        let (publish_tx, publish_rx) = mpsc::unbounded_channel();
+        let publisher = Publisher {
+            client: client.clone(),
+            js: js.clone(),
+            streams: Arc::clone(&streams),
+            outbox: Arc::clone(&self.outbox),
+            ack_timeout: options.ack_timeout(),
+            reply_prefix,
+            acks,
+        };
+        tokio::spawn(publisher.run(publish_rx));
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        tokio::spawn(send_acks(client.clone(), ack_rx));
+        let max_payload = client.server_info().max_payload;
+        Ok(Live {
+            client,
+            js,
+            streams,
+            publish_tx,
+            ack_tx,
+            max_payload,
+        })
+    }
+
+    fn nats_options(self: &Arc<Self>) -> async_nats::ConnectOptions {
+        let options = &self.options;
+        let mut nats = async_nats::ConnectOptions::new()
+            .connection_timeout(options.connect_timeout())
+            // async-nats counts the first connect as an attempt; 0.3.2 does not.
+            .max_reconnects(match options.max_reconnect_attempts {
+                Some(n) if n >= 0 => Some(n as usize + 1),
+                _ => None,
+            });
+        if options.no_randomize == Some(true) {
+            nats = nats.retain_servers_order();
+        }
+        if let Some(name) = &options.name {
+            nats = nats.name(name);
+        }
+        if let (Some(user), Some(pass)) = (&options.user, &options.pass) {
+            nats = nats.user_and_password(user.clone(), pass.clone());
+        } else if let Some(token) = &options.token {
+            nats = nats.token(token.clone());
+        }
+        if let Some(wait) = options.reconnect_time_wait_ms {
+            let wait = Duration::from_millis(u64::from(wait));
+            // Attempt 1 is the initial connect, which must not wait.
+            nats = nats.reconnect_delay_callback(move |attempt| {
+                if attempt <= 1 {
+                    Duration::ZERO
+                } else {
+                    wait
+                }
+            });
+        }
+        let session = Arc::downgrade(self);
+        nats.event_callback(move |event| {
+            let session = Weak::clone(&session);
+            async move {
+                if let Some(session) = session.upgrade() {
+                    session.on_nats_event(event);
+                }
+            }
+        })
+    }
+
+    fn on_nats_event(&self, event: NatsEvent) {
+        if !matches!(*self.phase.lock(), Phase::Open(_) | Phase::Connecting) {
+            return;
+        }
+        let forwarded = match event {
+            NatsEvent::Connected => {
+                // The first Connected is the initial connect, reported as `connect`.
+                if !self.connected_once.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                Event::Reconnected
+            }
+            NatsEvent::Disconnected => Event::Disconnected,
+            NatsEvent::ServerError(err) => {
+                Event::Error(JetstanError::new(ErrorCode::ServerError, err.to_string()))
+            }
+            NatsEvent::ClientError(err) => {
+                Event::Error(JetstanError::new(ErrorCode::ServerError, err.to_string()))
+            }
+            _ => return,
+        };
+        self.outbox.push_event(forwarded);
+    }
+
+    /// Queues a publish whose `Nats-Msg-Id` is `guid`. Fails synchronously on a closed connection, a bad
+    /// subject or an oversize payload, leaving the connection usable.
+    pub fn publish(&self, subject: String, payload: &[u8], token: u32, guid: String) -> Result<()> {
+        let phase = self.phase.lock();
+        let Phase::Open(live) = &*phase else {
+            return Err(JetstanError::closed());
+        };
+        validate_channel(&subject)?;
+        if payload.len() + PUBLISH_HEADER_BYTES > live.max_payload {
+            return Err(JetstanError::new(
+                ErrorCode::MaxPayload,
+                format!(
+                    "stan: payload of {} bytes exceeds the server's max_payload of {} bytes",
+                    payload.len(),
+                    live.max_payload.saturating_sub(PUBLISH_HEADER_BYTES)
+                ),
+            ));
+        }
+        let request = PublishRequest {
+            token,
+            subject,
+            guid,
+            payload: Bytes::copy_from_slice(payload),
+        };
+        live.publish_tx
+            .send(request)
+            .map_err(|_| JetstanError::closed())
+    }
+
+    pub fn subscribe(&self, sid: u32, options: SubscribeOptions) -> Result<()> {
+        validate_channel(&options.subject)?;
+        let phase = self.phase.lock();
+        let Phase::Open(live) = &*phase else {
+            return Err(JetstanError::closed());
+        };
+        let registry = Arc::new(Mutex::new(AckRegistry::default()));
+        let task = SubscriptionTask {
+            sid,
+            options,
+            js: live.js.clone(),
+            streams: Arc::clone(&live.streams),
+            outbox: Arc::clone(&self.outbox),
+            registry: Arc::clone(&registry),
+        };
+        let (stop, stopped) = oneshot::channel();
+        let task = napi::bindgen_prelude::spawn(task.run(stopped));
+        self.subs.lock().insert(
+            sid,
+            SubHandle {
+                stop,
+                registry,
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends a subscription; its `unsubscribed` or `closed` event follows.
+    pub fn unsubscribe(&self, sid: u32, close: bool) -> Result<()> {
+        if !matches!(*self.phase.lock(), Phase::Open(_)) {
+            return Err(JetstanError::closed());
+        }
+        let Some(handle) = self.subs.lock().remove(&sid) else {
+            return Err(JetstanError::new(
+                ErrorCode::SubscribeFailed,
+                "stan: invalid subscription",
+            ));
+        };
+        let reason = if close { Stop::Close } else { Stop::Unsubscribe };
+        // A task that already ended has reported its own end.
+        let _ = handle.stop.send(reason);
+        Ok(())
+    }
+
+    pub fn ack(&self, sid: u32, ids: &[f64]) {
+        let mut replies = Vec::with_capacity(ids.len());
+        if let Some(handle) = self.subs.lock().get(&sid) {
+            handle.registry.lock().take(ids, &mut replies);
+        }
+        if replies.is_empty() {
+            return;
+        }
+        if let Phase::Open(live) = &*self.phase.lock() {
+            // After close the acks have nowhere to go; the server redelivers.
+            let _ = live.ack_tx.send(replies);
+        }
+    }
+
+    pub fn poll(&self) -> Poll {
+        self.outbox.take()
+    }
+
+    /// Starts closing; a `close` event follows once everything has stopped.
+    pub fn close(self: &Arc<Self>) {
+        let live = {
+            let mut phase = self.phase.lock();
+            match std::mem::replace(&mut *phase, Phase::Closing) {
+                Phase::Open(live) => Some(live),
+                // connect() finishes the close when the connection attempt ends.
+                Phase::Connecting => return,
+                already @ (Phase::Closing | Phase::Closed) => {
+                    *phase = already;
+                    return;
+                }
+            }
+        };
+        let session = Arc::clone(self);
+        napi::bindgen_prelude::spawn(async move { session.finish_close(live).await });
+    }
+
+    async fn finish_close(&self, live: Option<Live>) {
+        let handles: Vec<SubHandle> = self.subs.lock().drain().map(|(_, h)| h).collect();
+        let mut tasks = Vec::with_capacity(handles.len());
+        for handle in handles {
+            let _ = handle.stop.send(Stop::ConnectionClosed);
+            tasks.push(handle.task);
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Some(live) = live {
+            let Live {
+                client,
+                publish_tx,
+                ack_tx,
+                ..
+            } = live;
+            drop(publish_tx);
+            drop(ack_tx);
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, client.flush()).await;
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, client.drain()).await;
+        }
+        *self.phase.lock() = Phase::Closed;
+        self.outbox.push_event(Event::Closed);
+        self.outbox.release();
+    }
+}
+
+async fn send_acks(client: Client, mut batches: mpsc::UnboundedReceiver<Vec<Subject>>) {
+    while let Some(batch) = batches.recv().await {
+        for reply in batch {
+            if client.publish(reply, Bytes::new()).await.is_err() {
+                // Unacked messages come back after ackWait; nothing is lost.
+                tracing::debug!("ack not sent: connection closing");
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The hand-off from the tokio side to the JS thread.
+//!
+//! Producers (the publish-ack task, subscription tasks, connection events)
+//! append to one buffer per connection and wake JS only when the buffer goes
+//! from idle to pending; JS then takes everything in one `poll()` crossing.
+//! While JS is busy, work piles up into the next batch instead of into a
+//! queue of threadsafe-function calls, so a burst costs one wake, not one per
+//! message. The buffer is bounded by protocol flow control: pub-acks by
+//! `maxPubAcksInflight`, deliveries by each consumer's `max_ack_pending`.
+
+use std::mem;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use napi::bindgen_prelude::{Buffer, Float64Array, Uint32Array, Unknown};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::Status;
+use napi_derive::napi;
+use parking_lot::Mutex;
+
+use crate::error::JetstanError;
+
+/// Strong (ref'd) while the connection is open, so an open connection keeps
+/// Node alive the way a socket does; released by [`Outbox::release`].
+pub type WakeFn = ThreadsafeFunction<(), Unknown<'static>, (), Status, false>;
+
+/// Values per delivered message in [`Delivery::meta`].
+pub const META_STRIDE: usize = 5;
+
+#[derive(Debug)]
+pub enum Event {
+    Connected,
+    ConnectFailed(JetstanError),
+    Disconnected,
+    Reconnected,
+    Error(JetstanError),
+    SubReady(u32),
+    SubError(u32, JetstanError),
+    SubUnsubscribed(u32),
+    SubClosed(u32),
+    Closed,
+}
+
+/// Messages for one subscription, packed so that a batch crosses as two
+/// objects instead of one object per message.
+#[derive(Default)]
+pub struct DeliveryBatch {
+    pub data: Vec<u8>,
+    /// Per message: ack id, stream sequence, timestamp (ns), redelivery count, payload length.
+    pub meta: Vec<f64>,
+}
+
+impl DeliveryBatch {
+    pub fn push(&mut self, ack_id: u64, sequence: u64, timestamp_ns: i128, redeliveries: u64, payload: &[u8]) {
+        self.data.extend_from_slice(payload);
+        self.meta.extend_from_slice(&[
+            ack_id as f64,
+            sequence as f64,
+            timestamp_ns as f64,
+            redeliveries as f64,
+            payload.len() as f64,
+        ]);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    fn append(&mut self, mut other: DeliveryBatch) {
+        self.data.append(&mut other.data);
+        self.meta.append(&mut other.meta);
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    events: Vec<Event>,
+    acked: Vec<u32>,
+    failed: Vec<(u32, JetstanError)>,
+    deliveries: Vec<(u32, DeliveryBatch)>,
+}
+
+pub struct Outbox {
+    pending: Mutex<Pending>,
+    wake_scheduled: AtomicBool,
+    wake: Mutex<Option<WakeFn>>,
+}
+
+impl Outbox {
+    pub fn new(wake: WakeFn) -> Self {
+        Self {
+            pending: Mutex::new(Pending::default()),
+            wake_scheduled: AtomicBool::new(false),
+            wake: Mutex::new(Some(wake)),
+        }
+    }
+
+    pub fn push_event(&self, event: Event) {
+        self.pending.lock().events.push(event);
+        self.wake();
+    }
+
+    pub fn push_publish_results(&self, acked: &mut Vec<u32>, failed: &mut Vec<(u32, JetstanError)>) {
+        if acked.is_empty() && failed.is_empty() {
+            return;
+        }
+        {
+            let mut pending = self.pending.lock();
+            pending.acked.append(acked);
+            pending.failed.append(failed);
+        }
+        self.wake();
+    }
+
+    pub fn push_deliveries(&self, sid: u32, batch: DeliveryBatch) {
+        if batch.is_empty() {
+            return;
+        }
+        {
+            let mut pending = self.pending.lock();
+            match pending.deliveries.iter_mut().find(|(id, _)| *id == sid) {
+                Some((_, existing)) => existing.append(batch),
+                None => pending.deliveries.push((sid, batch)),
+            }
+        }
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if !self.wake_scheduled.swap(true, Ordering::AcqRel) {
+            if let Some(wake) = self.wake.lock().as_ref() {
+                wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+            }
+        }
+    }
+
+    /// Runs on the JS thread. The flag is cleared before taking, so anything
+    /// pushed after the take schedules a fresh wake.
+    pub fn take(&self) -> Poll {
+        self.wake_scheduled.store(false, Ordering::Release);
+        let pending = mem::take(&mut *self.pending.lock());
+        Poll::from(pending)
+    }
+
+    /// Drops the threadsafe function so the connection no longer holds the
+    /// event loop. Calls queued before this still reach JS.
+    pub fn release(&self) {
+        drop(self.wake.lock().take());
+    }
+}
+
+/// A lifecycle event for JS: `kind` names it, `sid` says which subscription.
+#[napi(object)]
+pub struct NativeEvent {
+    pub kind: String,
+    pub sid: Option<u32>,
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+#[napi(object)]
+pub struct PublishFailure {
+    pub token: u32,
+    pub code: String,
+    pub message: String,
+}
+
+#[napi(object)]
+pub struct Delivery {
+    pub sid: u32,
+    pub data: Buffer,
+    pub meta: Float64Array,
+}
+
+/// Everything that became ready since the previous poll.
+#[napi(object)]
+pub struct Poll {
+    pub events: Vec<NativeEvent>,
+    pub acked: Uint32Array,
+    pub failed: Vec<PublishFailure>,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl From<Pending> for Poll {
+    fn from(pending: Pending) -> Self {
+        Poll {
+            events: pending.events.into_iter().map(NativeEvent::from).collect(),
+            acked: Uint32Array::new(pending.acked),
+            failed: pending
+                .failed
+                .into_iter()
+                .map(|(token, err)| PublishFailure {
+                    token,
+                    code: err.code.as_str().to_string(),
+                    message: err.message,
+                })
+                .collect(),
+            deliveries: pending
+                .deliveries
+                .into_iter()
+                .map(|(sid, batch)| Delivery {
+                    sid,
+                    data: Buffer::from(batch.data),
+                    meta: Float64Array::new(batch.meta),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<Event> for NativeEvent {
+    fn from(event: Event) -> Self {
+        let plain = |kind: &str, sid: Option<u32>| NativeEvent {
+            kind: kind.to_string(),
+            sid,
+            code: None,
+            message: None,
+        };
+        let failed = |kind: &str, sid: Option<u32>, err: JetstanError| NativeEvent {
+            kind: kind.to_string(),
+            sid,
+            code: Some(err.code.as_str().to_string()),
+            message: Some(err.message),
+        };
+        match event {
+            Event::Connected => plain("connect", None),
+            Event::ConnectFailed(err) => failed("connect_error", None, err),
+            Event::Disconnected => plain("disconnect", None),
+            Event::Reconnected => plain("reconnect", None),
+            Event::Error(err) => failed("error", None, err),
+            Event::SubReady(sid) => plain("ready", Some(sid)),
+            Event::SubError(sid, err) => failed("sub_error", Some(sid), err),
+            Event::SubUnsubscribed(sid) => plain("unsubscribed", Some(sid)),
+            Event::SubClosed(sid) => plain("closed", Some(sid)),
+            Event::Closed => plain("close", None),
+        }
+    }
+}

