@@ -11,7 +11,6 @@ use crate::jetstream::Session;
 use crate::options::{ConnectOptions, SubscribeOptions};
 use crate::outbox::{Outbox, Poll};
 
-
 #[napi]
 pub struct Connection {
     session: Arc<Session>,
@@ -23,7 +22,10 @@ impl Connection {
     /// `poll()` has something new; it keeps the event loop alive until the
     /// `close` event has been polled.
     #[napi(constructor, catch_unwind)]
-    pub fn new(options: ConnectOptions, wake: Function<(), Unknown<'static>>) -> napi::Result<Self, ErrorCode> {
+    pub fn new(
+        options: ConnectOptions,
+        wake: Function<(), Unknown<'static>>,
+    ) -> napi::Result<Self, ErrorCode> {
         let wake = wake
             .build_threadsafe_function()
             .callee_handled::<false>()

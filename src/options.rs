@@ -132,16 +132,22 @@ mod tests {
             normalize_url("localhost:9876").ok().as_deref(),
             Some("nats://localhost:9876")
         );
-        assert_eq!(normalize_url("nats://h").ok().as_deref(),
-            Some("nats://h:4222"));
+        assert_eq!(
+            normalize_url("nats://h").ok().as_deref(),
+            Some("nats://h:4222")
+        );
         assert_eq!(
             normalize_url("nats://u:p@h:5").ok().as_deref(),
             Some("nats://u:p@h:5")
         );
-        assert_eq!(normalize_url("tls://h").ok().as_deref(),
-            Some("tls://h:4222"));
-        assert_eq!(normalize_url("[::1]").ok().as_deref(),
-            Some("nats://[::1]:4222"));
+        assert_eq!(
+            normalize_url("tls://h").ok().as_deref(),
+            Some("tls://h:4222")
+        );
+        assert_eq!(
+            normalize_url("[::1]").ok().as_deref(),
+            Some("nats://[::1]:4222")
+        );
     }
 
     #[test]

@@ -50,7 +50,14 @@ pub struct DeliveryBatch {
 }
 
 impl DeliveryBatch {
-    pub fn push(&mut self, ack_id: u64, sequence: u64, timestamp_ns: i128, redeliveries: u64, payload: &[u8]) {
+    pub fn push(
+        &mut self,
+        ack_id: u64,
+        sequence: u64,
+        timestamp_ns: i128,
+        redeliveries: u64,
+        payload: &[u8],
+    ) {
         self.data.extend_from_slice(payload);
         self.meta.extend_from_slice(&[
             ack_id as f64,
@@ -99,7 +106,11 @@ impl Outbox {
         self.wake();
     }
 
-    pub fn push_publish_results(&self, acked: &mut Vec<u32>, failed: &mut Vec<(u32, JetstanError)>) {
+    pub fn push_publish_results(
+        &self,
+        acked: &mut Vec<u32>,
+        failed: &mut Vec<(u32, JetstanError)>,
+    ) {
         if acked.is_empty() && failed.is_empty() {
             return;
         }

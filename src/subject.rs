@@ -43,7 +43,9 @@ mod tests {
 
     #[test]
     fn rejects_wildcards_blanks_and_empty_tokens() {
-        for bad in ["", "foo.*", ">", "foo bar", "foo..bar", ".foo", "foo.", "a\tb"] {
+        for bad in [
+            "", "foo.*", ">", "foo bar", "foo..bar", ".foo", "foo.", "a\tb",
+        ] {
             let code = validate_channel(bad).err().map(|e| e.code);
             assert_eq!(code, Some(ErrorCode::BadSubject), "{bad}");
         }

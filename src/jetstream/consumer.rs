@@ -171,7 +171,13 @@ impl SubscriptionTask {
         let jetstream::Message { message, .. } = message;
         let Some(reply) = message.reply else { return };
         let ack_id = self.registry.lock().register(reply);
-        batch.push(ack_id, sequence, timestamp_ns, delivered - 1, &message.payload);
+        batch.push(
+            ack_id,
+            sequence,
+            timestamp_ns,
+            delivered - 1,
+            &message.payload,
+        );
     }
 
     async fn create_consumer(&self) -> Result<(String, consumer::PullConsumer), JetstanError> {
@@ -198,11 +204,16 @@ impl SubscriptionTask {
     async fn delete_consumer(&self, stream_name: &str, consumer_name: &str) {
         let deleted = tokio::time::timeout(
             CLEANUP_TIMEOUT,
-            self.js.delete_consumer_from_stream(consumer_name, stream_name),
+            self.js
+                .delete_consumer_from_stream(consumer_name, stream_name),
         )
         .await;
         if !matches!(deleted, Ok(Ok(_))) {
-            tracing::debug!(sid = self.sid, consumer_name, "consumer left to its inactivity threshold");
+            tracing::debug!(
+                sid = self.sid,
+                consumer_name,
+                "consumer left to its inactivity threshold"
+            );
         }
     }
 }

@@ -129,7 +129,12 @@ impl Publisher {
         let reply = format!("{}.{}", self.reply_prefix, request.token);
         let sent = self
             .client
-            .publish_with_reply_and_headers(request.subject.clone(), reply, headers, request.payload)
+            .publish_with_reply_and_headers(
+                request.subject.clone(),
+                reply,
+                headers,
+                request.payload,
+            )
             .await;
         match sent {
             Ok(()) => {
@@ -143,7 +148,12 @@ impl Publisher {
         }
     }
 
-    fn settle(&self, ack: async_nats::Message, in_flight: &mut HashMap<u32, String>, results: &mut Results) {
+    fn settle(
+        &self,
+        ack: async_nats::Message,
+        in_flight: &mut HashMap<u32, String>,
+        results: &mut Results,
+    ) {
         let Some(token) = ack
             .subject
             .rsplit('.')
@@ -181,7 +191,10 @@ impl Publisher {
             )),
             Err(err) => results.failed.push((
                 token,
-                JetstanError::new(ErrorCode::ServerError, format!("unreadable publish ack: {err}")),
+                JetstanError::new(
+                    ErrorCode::ServerError,
+                    format!("unreadable publish ack: {err}"),
+                ),
             )),
         }
     }

@@ -29,7 +29,7 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Phase {
     Connecting,
-    Open(Live),
+    Open(Box<Live>),
     Closing,
     Closed,
 }
@@ -82,7 +82,7 @@ impl Session {
                 let closed_meanwhile = {
                     let mut phase = self.phase.lock();
                     if matches!(*phase, Phase::Connecting) {
-                        *phase = Phase::Open(live);
+                        *phase = Phase::Open(Box::new(live));
                         None
                     } else {
                         Some(live)
@@ -112,15 +112,16 @@ impl Session {
     async fn open(self: &Arc<Self>) -> Result<Live> {
         let options = &self.options;
         let timeout = options.connect_timeout();
-        let client = tokio::time::timeout(timeout, self.nats_options().connect(options.server_urls()?))
-            .await
-            .map_err(|_| JetstanError::new(ErrorCode::ConnectTimeout, text::CONNECT_TIMEOUT))?
-            .map_err(|err| {
-                JetstanError::new(
-                    ErrorCode::ConnectFailed,
-                    format!("Could not connect to server: {err}"),
-                )
-            })?;
+        let client =
+            tokio::time::timeout(timeout, self.nats_options().connect(options.server_urls()?))
+                .await
+                .map_err(|_| JetstanError::new(ErrorCode::ConnectTimeout, text::CONNECT_TIMEOUT))?
+                .map_err(|err| {
+                    JetstanError::new(
+                        ErrorCode::ConnectFailed,
+                        format!("Could not connect to server: {err}"),
+                    )
+                })?;
         let js = jetstream::new(client.clone());
         match tokio::time::timeout(timeout, js.query_account()).await {
             Err(_) => {
@@ -193,13 +194,15 @@ impl Session {
         if let Some(wait) = options.reconnect_time_wait_ms {
             let wait = Duration::from_millis(u64::from(wait));
             // Attempt 1 is the initial connect, which must not wait.
-            nats = nats.reconnect_delay_callback(move |attempt| {
-                if attempt <= 1 {
-                    Duration::ZERO
-                } else {
-                    wait
-                }
-            });
+            nats = nats.reconnect_delay_callback(
+                move |attempt| {
+                    if attempt <= 1 {
+                        Duration::ZERO
+                    } else {
+                        wait
+                    }
+                },
+            );
         }
         let session = Arc::downgrade(self);
         nats.event_callback(move |event| {
@@ -304,7 +307,11 @@ impl Session {
                 "stan: invalid subscription",
             ));
         };
-        let reason = if close { Stop::Close } else { Stop::Unsubscribe };
+        let reason = if close {
+            Stop::Close
+        } else {
+            Stop::Unsubscribe
+        };
         // A task that already ended has reported its own end.
         let _ = handle.stop.send(reason);
         Ok(())
@@ -333,7 +340,7 @@ impl Session {
         let live = {
             let mut phase = self.phase.lock();
             match std::mem::replace(&mut *phase, Phase::Closing) {
-                Phase::Open(live) => Some(live),
+                Phase::Open(live) => Some(*live),
                 // connect() finishes the close when the connection attempt ends.
                 Phase::Connecting => return,
                 already @ (Phase::Closing | Phase::Closed) => {

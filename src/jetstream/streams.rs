@@ -84,7 +84,9 @@ impl StreamCache {
             None if !self.auto_create => {
                 return Err(JetstanError::new(
                     ErrorCode::StreamNotFound,
-                    format!("no stream captures channel '{channel}' and autoCreateStreams is false"),
+                    format!(
+                        "no stream captures channel '{channel}' and autoCreateStreams is false"
+                    ),
                 ))
             }
             None => self.create(js, channel).await?,

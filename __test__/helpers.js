@@ -1,0 +1,100 @@
+'use strict'
+
+// Shared by the test files: one real nats-server per file (or NATS_URL),
+// connections that are closed after each test, and event waits with a
+// deadline instead of sleeps.
+
+const { after, before } = require('node:test')
+const crypto = require('node:crypto')
+const stan = require('..')
+const { startServer } = require('../testing/nats-server')
+
+const CLUSTER = 'test-cluster'
+const EVENT_TIMEOUT_MS = 10000
+
+function unique (prefix) {
+  return `${prefix}-${crypto.randomBytes(6).toString('hex')}`
+}
+
+/** Resolves with the event's first argument; rejects on `error` or after the deadline. */
+function once (emitter, event, { timeoutMs = EVENT_TIMEOUT_MS, rejectOnError = true } = {}) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      cleanup()
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for '${event}'`))
+    }, timeoutMs)
+    const onEvent = (value) => { cleanup(); resolve(value) }
+    const onError = (err) => { cleanup(); reject(err) }
+    const cleanup = () => {
+      clearTimeout(timer)
+      emitter.off(event, onEvent)
+      if (rejectOnError && event !== 'error') emitter.off('error', onError)
+    }
+    emitter.once(event, onEvent)
+    if (rejectOnError && event !== 'error') emitter.once('error', onError)
+  })
+}
+
+/** Collects `count` messages from a subscription. */
+function collect (sub, count, { timeoutMs = EVENT_TIMEOUT_MS, rejectOnError = true } = {}) {
+  return new Promise((resolve, reject) => {
+    const messages = []
+    const timer = setTimeout(() => {
+      sub.off('message', onMessage)
+      reject(new Error(`timed out with ${messages.length} of ${count} messages`))
+    }, timeoutMs)
+    const onMessage = (msg) => {
+      messages.push(msg)
+      if (messages.length === count) {
+        clearTimeout(timer)
+        sub.off('message', onMessage)
+        resolve(messages)
+      }
+    }
+    sub.on('message', onMessage)
+    if (rejectOnError) sub.once('error', (err) => { clearTimeout(timer); reject(err) })
+  })
+}
+
+/** Promise form of a publish with callback. */
+function publish (sc, subject, data) {
+  return new Promise((resolve, reject) => {
+    sc.publish(subject, data, (err, guid) => (err ? reject(err) : resolve(guid)))
+  })
+}
+
+/**
+ * Starts a server for the calling test file (unless NATS_URL is set) and
+ * returns a context whose `url` is valid inside tests. Every connection made
+ * through `ctx.connect` is closed after the file.
+ */
+function useServer ({ extraArgs } = {}) {
+  const ctx = { url: process.env.NATS_URL, server: null, open: new Set() }
+  before(async () => {
+    if (ctx.url === undefined || extraArgs !== undefined) {
+      ctx.server = await startServer({ extraArgs })
+      ctx.url = ctx.server.url
+    }
+  })
+  after(async () => {
+    await Promise.all([...ctx.open].map(closeQuietly))
+    if (ctx.server !== null) await ctx.server.stop()
+  })
+  ctx.connect = async (opts = {}, clientID = unique('client')) => {
+    const sc = stan.connect(CLUSTER, clientID, { url: ctx.url, ...opts })
+    ctx.open.add(sc)
+    sc.once('close', () => ctx.open.delete(sc))
+    await once(sc, 'connect')
+    return sc
+  }
+  return ctx
+}
+
+/** Closes a connection that has not emitted `close` yet and waits for it. */
+async function closeQuietly (sc) {
+  const closed = once(sc, 'close', { rejectOnError: false })
+  sc.close()
+  await closed
+}
+
+module.exports = { CLUSTER, unique, once, collect, publish, useServer, closeQuietly, stan }

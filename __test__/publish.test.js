@@ -1,0 +1,161 @@
+'use strict'
+
+const { test, describe } = require('node:test')
+const assert = require('node:assert/strict')
+const { connect: natsConnect } = require('@nats-io/transport-node')
+const { jetstreamManager } = require('@nats-io/jetstream')
+const { useServer, once, unique, publish, collect } = require('./helpers')
+
+const ctx = useServer()
+
+async function withManager (fn) {
+  const nc = await natsConnect({ servers: ctx.url })
+  try {
+    return await fn(await jetstreamManager(nc))
+  } finally {
+    await nc.close()
+  }
+}
+
+describe('publish', () => {
+  test('returns the guid that the callback receives, after the server stored it', async () => {
+    const sc = await ctx.connect()
+    const channel = unique('orders')
+    let returned
+    const acked = new Promise((resolve, reject) => {
+      returned = sc.publish(channel, 'hello', (err, guid) => (err ? reject(err) : resolve(guid)))
+    })
+    assert.match(returned, /^[0-9A-Za-z]{22}$/)
+    assert.equal(await acked, returned)
+    const streamInfo = await withManager((jsm) => jsm.streams.info(`test-cluster_${channel}`))
+    assert.equal(streamInfo.state.messages, 1)
+    assert.deepEqual(streamInfo.config.subjects, [channel])
+  })
+
+  test('publishing with nobody subscribed still gets an ack', async () => {
+    const sc = await ctx.connect()
+    assert.match(await publish(sc, unique('nobody'), 'x'), /^[0-9A-Za-z]{22}$/)
+  })
+
+  test('string, Buffer, Uint8Array and empty data arrive byte for byte', async () => {
+    const sc = await ctx.connect()
+    const channel = unique('data')
+    const sub = sc.subscribe(channel)
+    await once(sub, 'ready')
+    const received = collect(sub, 5)
+    await publish(sc, channel, 'héllo')
+    await publish(sc, channel, Buffer.from([0, 1, 2, 255]))
+    await publish(sc, channel, new Uint8Array([9, 8, 7]))
+    await publish(sc, channel, null)
+    await publish(sc, channel)
+    const messages = await received
+    assert.equal(messages[0].getData(), 'héllo')
+    assert.deepEqual([...messages[1].getRawData()], [0, 1, 2, 255])
+    assert.deepEqual([...messages[2].getRawData()], [9, 8, 7])
+    assert.equal(messages[3].getData(), '')
+    assert.equal(messages[4].getRawData().length, 0)
+  })
+
+  test('uses an existing stream that captures the subject instead of creating one', async () => {
+    const sc = await ctx.connect()
+    const prefix = unique('shop')
+    await withManager((jsm) => jsm.streams.add({ name: `SHOP_${prefix.slice(-12)}`, subjects: [`${prefix}.>`] }))
+    await publish(sc, `${prefix}.new`, 'order')
+    const info = await withManager((jsm) => jsm.streams.info(`SHOP_${prefix.slice(-12)}`))
+    assert.equal(info.state.messages, 1)
+    const names = await withManager(async (jsm) => {
+      const list = []
+      for await (const s of jsm.streams.list()) list.push(s.config.name)
+      return list
+    })
+    assert.equal(names.filter((n) => n.includes(prefix.replace(/[^A-Za-z0-9_-]/g, '_'))).length, 0)
+  })
+
+  test('with a callback, publishes beyond maxPubAcksInflight wait for room and all succeed', async () => {
+    const sc = await ctx.connect({ maxPubAcksInflight: 3 })
+    const channel = unique('flow')
+    const guids = await Promise.all(Array.from({ length: 10 }, (_, i) => publish(sc, channel, `m${i}`)))
+    assert.equal(new Set(guids).size, 10)
+    const sub = sc.subscribe(channel, sc.subscriptionOptions().setDeliverAllAvailable())
+    const messages = await collect(sub, 10)
+    assert.deepEqual(messages.map((m) => m.getData()), guids.map((_, i) => `m${i}`))
+  })
+
+  test('without a callback, a publish beyond maxPubAcksInflight throws MAX_IN_FLIGHT', async () => {
+    const sc = await ctx.connect({ maxPubAcksInflight: 3 })
+    const channel = unique('flow')
+    await publish(sc, channel, 'warm up the stream lookup')
+    let thrown
+    for (let i = 0; i < 10 && thrown === undefined; i++) {
+      try { sc.publish(channel, Buffer.from('x')) } catch (err) { thrown = err }
+    }
+    assert.ok(thrown instanceof Error)
+    assert.equal(thrown.code, 'MAX_IN_FLIGHT')
+    assert.equal(thrown.message, 'stan: max in flight reached.')
+  })
+})
+
+describe('bad publish input leaves the connection usable', () => {
+  for (const [name, subject] of [
+    ['an empty subject', ''],
+    ['a wildcard subject', 'orders.*'],
+    ['a full wildcard', 'orders.>'],
+    ['a subject with spaces', 'bad subject'],
+    ['a subject with an empty token', 'a..b']
+  ]) {
+    test(`${name} fails the callback with BAD_SUBJECT`, async () => {
+      const sc = await ctx.connect()
+      const err = await new Promise((resolve) => sc.publish(subject, 'x', resolve))
+      assert.ok(err instanceof Error)
+      assert.equal(err.code, 'BAD_SUBJECT')
+      assert.match(await publish(sc, unique('after'), 'still works'), /^[0-9A-Za-z]{22}$/)
+    })
+  }
+
+  test('a bad subject without a callback throws BAD_SUBJECT', async () => {
+    const sc = await ctx.connect()
+    assert.throws(() => sc.publish('a b', 'x'), { code: 'BAD_SUBJECT' })
+  })
+
+  for (const [name, data] of [['a number', 42], ['a plain object', { a: 1 }], ['an ArrayBuffer', new ArrayBuffer(4)], ['a boolean', true]]) {
+    test(`${name} as data fails with BAD_DATA`, async () => {
+      const sc = await ctx.connect()
+      assert.throws(() => sc.publish(unique('d'), data), { code: 'BAD_DATA' })
+      const err = await new Promise((resolve) => sc.publish(unique('d'), data, resolve))
+      assert.equal(err.code, 'BAD_DATA')
+      assert.match(await publish(sc, unique('after'), 'ok'), /^[0-9A-Za-z]{22}$/)
+    })
+  }
+
+  test("a payload over the server's max_payload fails with MAX_PAYLOAD", async () => {
+    const sc = await ctx.connect()
+    const channel = unique('big')
+    const tooBig = Buffer.alloc(1024 * 1024 + 1)
+    const err = await new Promise((resolve) => sc.publish(channel, tooBig, resolve))
+    assert.equal(err.code, 'MAX_PAYLOAD')
+    assert.throws(() => sc.publish(channel, tooBig), { code: 'MAX_PAYLOAD' })
+    assert.match(await publish(sc, channel, Buffer.alloc(1000)), /^[0-9A-Za-z]{22}$/)
+  })
+
+  test('after close, publish fails the callback and throws without one', async () => {
+    const sc = await ctx.connect()
+    const closed = once(sc, 'close')
+    sc.close()
+    const err = await new Promise((resolve) => sc.publish('x', 'y', resolve))
+    assert.equal(err.code, 'CONNECTION_CLOSED')
+    assert.equal(err.message, 'stan: Connection closed')
+    assert.throws(() => sc.publish('x', 'y'), { code: 'CONNECTION_CLOSED' })
+    await closed
+  })
+
+  test('close() fails pending publishes with CONNECTION_CLOSED synchronously', async () => {
+    const sc = await ctx.connect()
+    const results = []
+    for (let i = 0; i < 20; i++) sc.publish(unique('p'), 'x', (err) => results.push(err ? err.code : 'ok'))
+    const closed = once(sc, 'close')
+    sc.close()
+    assert.equal(results.length, 20)
+    assert.ok(results.every((r) => r === 'ok' || r === 'CONNECTION_CLOSED'))
+    await closed
+  })
+})

@@ -1,0 +1,208 @@
+// jetstan — the public contract. A superset of node-nats-streaming 0.3.2's
+// typings: every name it declared is still importable, with the runtime's
+// wider shapes (connect options as a port or URL, isClosed(),
+// getRedeliveryCount()) and typed event overloads added.
+
+/// <reference types="node" />
+import { EventEmitter } from 'node:events'
+
+/** The package version. */
+export declare const version: string
+
+/**
+ * Connects to NATS and returns a `Stan` object at once; wait for its `connect`
+ * event before publishing or subscribing (publishes made earlier wait).
+ * `opts` may be an options object, a server URL (`nats://`, `http://` and
+ * bare `host:port` are accepted) or a port on localhost.
+ * Throws a `StanError` with code `BAD_OPTION` for invalid arguments.
+ */
+export declare function connect (clusterID: string, clientID: string, opts?: StanOptions | string | number): Stan
+
+/** Start positions, with the numbers STAN puts on the wire. */
+export declare enum StartPosition {
+  NEW_ONLY = 0,
+  LAST_RECEIVED = 1,
+  TIME_DELTA_START = 2,
+  SEQUENCE_START = 3,
+  FIRST = 4
+}
+
+/**
+ * Every error jetstan reports is a `StanError`: `code` is stable and meant for
+ * matching; `message` keeps node-nats-streaming's text where it had one.
+ */
+export declare class StanError extends Error {
+  readonly code: ErrorCode | string
+}
+
+/** The codes a `StanError` can carry. */
+export type ErrorCode =
+  | 'BAD_OPTION' | 'BAD_SUBJECT' | 'BAD_DATA' | 'BAD_SUBSCRIPTION' | 'MAX_PAYLOAD' | 'MAX_IN_FLIGHT'
+  | 'CONNECTION_CLOSED' | 'CONN_ERR' | 'CONNECT_TIMEOUT' | 'JETSTREAM_NOT_ENABLED'
+  | 'STREAM_NOT_FOUND' | 'STREAM_ERROR' | 'PUB_ACK_TIMEOUT' | 'PUBLISH_FAILED'
+  | 'SUBSCRIBE_FAILED' | 'SERVER_ERROR' | 'NATIVE_MISSING'
+
+/** NATS connection options, as node-nats-streaming 0.3.2 forwarded them. */
+export interface ClientOpts {
+  /** Only `'binary'` is accepted, as in 0.3.2. */
+  encoding?: 'binary'
+  maxPingOut?: number
+  /** Reconnect attempts; `-1` (the default) means forever. */
+  maxReconnectAttempts?: number
+  /** Connection name, visible in the server's monitoring. */
+  name?: string
+  nkey?: string
+  noRandomize?: boolean
+  nonceSigner?: Function
+  pass?: string
+  pedantic?: boolean
+  pingInterval?: number
+  reconnect?: boolean
+  /** Milliseconds between reconnect attempts (default 2000). */
+  reconnectTimeWait?: number
+  /** Server pool; when given, the default `url` is not added to it. */
+  servers?: Array<string>
+  tls?: boolean | object
+  token?: string
+  tokenHandler?: Function
+  url?: string
+  useOldRequestStyle?: boolean
+  user?: string
+  userCreds?: string
+  userJWT?: string | Function
+  verbose?: boolean
+  waitOnFirstConnect?: boolean
+  yieldTime?: number
+}
+
+export interface StanOptions extends ClientOpts {
+  url?: string
+  /** Alias of `url`. */
+  uri?: string
+  /** Shorthand for `url: 'nats://localhost:<port>'`. */
+  port?: number
+  /** Milliseconds to establish the connection (default 2000). */
+  connectTimeout?: number
+  /** Milliseconds a publish waits for the server's ack (default 30000). */
+  ackTimeout?: number
+  discoverPrefix?: string
+  /**
+   * Most publishes awaiting their ack (default 16384). Beyond it, publishes
+   * with a callback wait for room; publishes without one throw `MAX_IN_FLIGHT`.
+   */
+  maxPubAcksInflight?: number
+  /** jetstan's spelling of `maxPubAcksInflight`; both work. */
+  maxPubAcksInFlight?: number
+  /** `'binary'` makes `Message.getData()` return a Buffer; anything else means UTF-8. */
+  stanEncoding?: string
+  stanMaxPingOut?: number
+  stanPingInterval?: number
+  /** Not supported: jetstan owns its NATS connection. Passing one throws `BAD_OPTION`. */
+  nc?: never
+  /** `'jetstream'` (default). `'stan'`, the legacy protocol, is not available yet. */
+  backend?: 'jetstream' | 'stan'
+  /**
+   * Create a stream for a channel that no stream captures (default true).
+   * With false, such publishes and subscriptions fail with `STREAM_NOT_FOUND`.
+   */
+  autoCreateStreams?: boolean
+}
+
+export declare class Message {
+  /** The channel. */
+  getSubject (): string
+  /** The channel sequence (the stream sequence on JetStream). */
+  getSequence (): number
+  /** The payload bytes; a view into the delivery batch, not a copy. */
+  getRawData (): Buffer
+  /** A UTF-8 string, or a Buffer with `stanEncoding: 'binary'`. */
+  getData (): string | Buffer
+  /** When the server stored the message, in nanoseconds since the epoch. */
+  getTimestampRaw (): number
+  getTimestamp (): Date
+  isRedelivered (): boolean
+  /** 0 on the first delivery. */
+  getRedeliveryCount (): number
+  getCrc32 (): number
+  /** Acknowledges the message; a no-op once the subscription is closed. */
+  ack (): void
+}
+
+export declare class Subscription extends EventEmitter {
+  readonly subject: string
+  readonly qGroup?: string
+  readonly opts: SubscriptionOptions
+  /** True as soon as `unsubscribe()` or `close()` has been called. */
+  isClosed (): boolean
+  /** Ends the subscription and removes its durable state; `unsubscribed` follows. */
+  unsubscribe (): void
+  /** Ends the subscription but keeps durable state; `closed` follows. */
+  close (): void
+
+  on (event: 'ready' | 'unsubscribed' | 'closed', listener: () => void): this
+  on (event: 'message', listener: (msg: Message) => void): this
+  on (event: 'error' | 'timeout', listener: (err: StanError) => void): this
+  on (event: string | symbol, listener: (...args: any[]) => void): this
+  once (event: 'ready' | 'unsubscribed' | 'closed', listener: () => void): this
+  once (event: 'message', listener: (msg: Message) => void): this
+  once (event: 'error' | 'timeout', listener: (err: StanError) => void): this
+  once (event: string | symbol, listener: (...args: any[]) => void): this
+}
+
+export interface AckHandlerCallback {
+  (err: Error | undefined, guid: string): void
+}
+
+export declare class Stan extends EventEmitter {
+  readonly clusterID: string
+  readonly clientID: string
+  /** The effective options. */
+  readonly options: StanOptions
+  /** Closes the connection; `close` follows. Pending publishes fail with `CONNECTION_CLOSED`. */
+  close (): void
+  /** True once `close()` was called or the connection ended. */
+  isClosed (): boolean
+  /**
+   * Publishes to channel `subject` and returns the guid; `callback` runs once
+   * the server stored the message, or with the error.
+   */
+  publish (subject: string, data?: Uint8Array | string | Buffer | null, callback?: AckHandlerCallback): string
+  publish (subject: string, callback: AckHandlerCallback): string
+  subscribe (subject: string, opts?: SubscriptionOptions): Subscription
+  subscribe (subject: string, qGroup: string, opts?: SubscriptionOptions): Subscription
+  subscriptionOptions (): SubscriptionOptions
+
+  on (event: 'connect' | 'reconnect', listener: (sc: Stan) => void): this
+  on (event: 'error' | 'connection_lost', listener: (err: StanError) => void): this
+  on (event: 'close', listener: (err?: Error | null) => void): this
+  on (event: 'disconnect' | 'reconnecting', listener: () => void): this
+  on (event: string | symbol, listener: (...args: any[]) => void): this
+  once (event: 'connect' | 'reconnect', listener: (sc: Stan) => void): this
+  once (event: 'error' | 'connection_lost', listener: (err: StanError) => void): this
+  once (event: 'close', listener: (err?: Error | null) => void): this
+  once (event: 'disconnect' | 'reconnecting', listener: () => void): this
+  once (event: string | symbol, listener: (...args: any[]) => void): this
+}
+
+export declare interface SubscriptionOptions {
+  durableName?: string
+  maxInFlight?: number
+  /** Milliseconds, at least 1000. */
+  ackWait?: number
+  startPosition: StartPosition
+  startSequence?: number
+  /** Nanoseconds ago, for `TIME_DELTA_START`. */
+  startTime?: number
+  manualAcks?: boolean
+
+  setMaxInFlight (n: number): SubscriptionOptions
+  setAckWait (millis: number): SubscriptionOptions
+  setStartAt (startPosition: StartPosition | number): SubscriptionOptions
+  setStartAtSequence (sequence: number): SubscriptionOptions
+  setStartTime (date: Date | number): SubscriptionOptions
+  setStartAtTimeDelta (millis: number): SubscriptionOptions
+  setStartWithLastReceived (): SubscriptionOptions
+  setDeliverAllAvailable (): SubscriptionOptions
+  setManualAckMode (tf: boolean): SubscriptionOptions
+  setDurableName (durableName: string): SubscriptionOptions
+}
