@@ -1,0 +1,157 @@
+//! The benchmark's workloads written directly on async-nats, as the ceiling
+//! jetstan is measured against: `jetstan-bench-native <workload> <bytes> <count> <url>`.
+//! Prints one JSON object like bench/worker.js does.
+
+use std::error::Error;
+use std::future::IntoFuture;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use serde_json::json;
+
+const WINDOW: usize = 1024;
+const CONSUME_WINDOW: usize = 1000;
+const LATENCY_RATE: u64 = 1000;
+
+type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, workload, bytes, count, url] = args.as_slice() else {
+        return Err("usage: jetstan-bench-native <workload> <bytes> <count> <url>".into());
+    };
+    let bytes: usize = bytes.parse()?;
+    let count: usize = count.parse()?;
+    let client = async_nats::connect(url.as_str()).await?;
+    let js = jetstream::new(client.clone());
+    let subject = format!("native-{workload}-{}", std::process::id());
+    js.create_stream(stream::Config {
+        name: subject.clone(),
+        subjects: vec![subject.clone()],
+        ..Default::default()
+    })
+    .await?;
+    let payload = Bytes::from(vec![7u8; bytes]);
+    let result = match workload.as_str() {
+        "pub" => {
+            let start = Instant::now();
+            publish_many(&js, &subject, count, payload).await?;
+            json!({ "rate": count as f64 / start.elapsed().as_secs_f64() })
+        }
+        "syncpub" => {
+            let start = Instant::now();
+            for _ in 0..count {
+                js.publish(subject.clone(), payload.clone()).await?.await?;
+            }
+            json!({ "rate": count as f64 / start.elapsed().as_secs_f64() })
+        }
+        "consume" => {
+            publish_many(&js, &subject, count, payload).await?;
+            let start = Instant::now();
+            let consumer = js
+                .create_consumer_on_stream(
+                    consumer::pull::Config {
+                        durable_name: Some("ceiling".into()),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        max_ack_pending: CONSUME_WINDOW as i64,
+                        ..Default::default()
+                    },
+                    subject.as_str(),
+                )
+                .await?;
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(CONSUME_WINDOW)
+                .messages()
+                .await?;
+            let mut received = 0;
+            while let Some(message) = messages.next().await {
+                message?.ack().await?;
+                received += 1;
+                if received == count {
+                    break;
+                }
+            }
+            json!({ "rate": count as f64 / start.elapsed().as_secs_f64() })
+        }
+        "latency" => latency(&client, &js, &subject, count, bytes).await?,
+        other => return Err(format!("unknown workload {other}").into()),
+    };
+    println!("{result}");
+    Ok(())
+}
+
+async fn publish_many(js: &jetstream::Context, subject: &str, count: usize, payload: Bytes) -> Result<()> {
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..count {
+        if in_flight.len() >= WINDOW {
+            if let Some(ack) = in_flight.next().await {
+                ack?;
+            }
+        }
+        let ack = js.publish(subject.to_string(), payload.clone()).await?;
+        in_flight.push(ack.into_future());
+    }
+    while let Some(ack) = in_flight.next().await {
+        ack?;
+    }
+    Ok(())
+}
+
+fn now_micros() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e6)
+        .unwrap_or(0.0)
+}
+
+async fn latency(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    subject: &str,
+    count: usize,
+    bytes: usize,
+) -> Result<serde_json::Value> {
+    let consumer = js
+        .create_consumer_on_stream(
+            consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::Explicit,
+                deliver_policy: consumer::DeliverPolicy::New,
+                ..Default::default()
+            },
+            subject,
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let receiver = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(count);
+        while let Some(Ok(message)) = messages.next().await {
+            let mut sent = [0u8; 8];
+            sent.copy_from_slice(&message.payload[..8]);
+            samples.push(now_micros() - f64::from_le_bytes(sent));
+            let _ = message.ack().await;
+            if samples.len() == count {
+                break;
+            }
+        }
+        samples
+    });
+    let interval = Duration::from_nanos(1_000_000_000 / LATENCY_RATE);
+    let mut ticker = tokio::time::interval(interval);
+    for _ in 0..count {
+        ticker.tick().await;
+        let mut body = vec![0u8; bytes.max(8)];
+        body[..8].copy_from_slice(&now_micros().to_le_bytes());
+        let ack = js.publish(subject.to_string(), body.into()).await?;
+        tokio::spawn(ack.into_future());
+    }
+    let mut samples = receiver.await?;
+    client.flush().await?;
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let pick = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    Ok(json!({ "p50_us": pick(0.5), "p99_us": pick(0.99), "p999_us": pick(0.999) }))
+}
