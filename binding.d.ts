@@ -55,6 +55,12 @@ export interface ConnectOptions {
    * with `STREAM_NOT_FOUND` instead of creating a stream.
    */
   autoCreateStreams?: boolean
+  /**
+   * Interval of the liveness pings; `stan_max_ping_out` unanswered ones in a row mean
+   * `connection_lost`.
+   */
+  stanPingIntervalMs?: number
+  stanMaxPingOut?: number
 }
 
 export interface Delivery {

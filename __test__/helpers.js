@@ -10,6 +10,8 @@ const stan = require('..')
 const { startServer } = require('../testing/nats-server')
 
 const CLUSTER = 'test-cluster'
+// The conformance files run against whichever backend BACKEND names.
+const BACKEND_OPTIONS = process.env.BACKEND ? { backend: process.env.BACKEND } : {}
 const EVENT_TIMEOUT_MS = 10000
 
 function unique (prefix) {
@@ -33,6 +35,11 @@ function once (emitter, event, { timeoutMs = EVENT_TIMEOUT_MS, rejectOnError = t
     emitter.once(event, onEvent)
     if (rejectOnError && event !== 'error') emitter.once('error', onError)
   })
+}
+
+/** Resolves once `ms` passed: only for checking that nothing else arrives. */
+function quietPeriod (ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
 /** Collects `count` messages from a subscription. */
@@ -81,7 +88,7 @@ function useServer ({ extraArgs } = {}) {
     if (ctx.server !== null) await ctx.server.stop()
   })
   ctx.connect = async (opts = {}, clientID = unique('client')) => {
-    const sc = stan.connect(CLUSTER, clientID, { url: ctx.url, ...opts })
+    const sc = stan.connect(CLUSTER, clientID, { url: ctx.url, ...BACKEND_OPTIONS, ...opts })
     ctx.open.add(sc)
     sc.once('close', () => ctx.open.delete(sc))
     await once(sc, 'connect')
@@ -97,4 +104,4 @@ async function closeQuietly (sc) {
   await closed
 }
 
-module.exports = { CLUSTER, unique, once, collect, publish, useServer, closeQuietly, stan }
+module.exports = { CLUSTER, BACKEND_OPTIONS, unique, once, collect, publish, quietPeriod, useServer, closeQuietly, stan }

@@ -32,6 +32,22 @@ describe('publish', () => {
     assert.deepEqual(streamInfo.config.subjects, [channel])
   })
 
+  test('the guid is the Nats-Msg-Id: a retried publish with the same id is stored once', async () => {
+    const sc = await ctx.connect()
+    const channel = unique('dedup')
+    const guid = await publish(sc, channel, 'once')
+    const nc = await natsConnect({ servers: ctx.url })
+    try {
+      const { jetstream } = require('@nats-io/jetstream')
+      const ack = await jetstream(nc).publish(channel, 'once', { msgID: guid })
+      assert.equal(ack.duplicate, true)
+    } finally {
+      await nc.close()
+    }
+    const info = await withManager((jsm) => jsm.streams.info(`test-cluster_${channel}`))
+    assert.equal(info.state.messages, 1)
+  })
+
   test('publishing with nobody subscribed still gets an ack', async () => {
     const sc = await ctx.connect()
     assert.match(await publish(sc, unique('nobody'), 'x'), /^[0-9A-Za-z]{22}$/)

@@ -136,7 +136,9 @@ function parseConnectArgs (clusterID, clientID, opts) {
     maxReconnectAttempts: options.reconnect === false ? 0 : Math.trunc(options.maxReconnectAttempts),
     reconnectTimeWaitMs: Math.ceil(options.reconnectTimeWait),
     noRandomize: options.noRandomize,
-    autoCreateStreams: options.autoCreateStreams
+    autoCreateStreams: options.autoCreateStreams,
+    stanPingIntervalMs: Math.ceil(options.stanPingInterval),
+    stanMaxPingOut: Math.max(1, Math.trunc(options.stanMaxPingOut))
   }
   return { options, native }
 }

@@ -154,6 +154,8 @@ class Stan extends EventEmitter {
   /** Closes the connection; `close` follows once the native side has stopped. */
   close () {
     if (this._state >= CLOSING) return
+    // Acks made in this tick (say, just before close() in a handler) go first.
+    for (const sub of this._subs.values()) sub._sendAcks()
     this._state = CLOSING
     this._failPending(closedError())
     this._native.close()
@@ -197,8 +199,19 @@ class Stan extends EventEmitter {
         this._failPending(fromNative(event))
         this.emit('error', fromNative(event))
         break
+      case 'connection_lost': {
+        // 0.3.2: pending publishes get the same error, then `close` follows.
+        const err = fromNative(event)
+        this._state = CLOSING
+        this._failPending(err)
+        this.emit('connection_lost', err)
+        break
+      }
       case 'disconnect':
         this.emit('disconnect')
+        break
+      case 'reconnecting':
+        this.emit('reconnecting')
         break
       case 'reconnect':
         this.emit('reconnect', this)

@@ -122,8 +122,9 @@ class Subscription extends EventEmitter {
       this.emit('error', stanError('BAD_SUBSCRIPTION', text.BAD_SUBSCRIPTION))
       return
     }
+    // Acks made before unsubscribe/close still count (a durable resumes after them).
+    this._sendAcks()
     this._closed = true
-    this._acks.length = 0
     const stan = this.stanConnection
     if (stan.isClosed()) {
       this.emit('error', closedError())
@@ -226,7 +227,7 @@ class Subscription extends EventEmitter {
 
   _sendAcks () {
     this._ackScheduled = false
-    if (this._acks.length === 0 || this._closed || this.stanConnection.isClosed()) {
+    if (this._acks.length === 0 || this._closed || this._native === null || this.stanConnection.isClosed()) {
       this._acks.length = 0
       return
     }

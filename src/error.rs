@@ -22,6 +22,10 @@ pub enum ErrorCode {
     PublishFailed,
     SubscribeFailed,
     ServerError,
+    ClientIdInUse,
+    BadClientId,
+    DuplicateDurable,
+    ConnectionLost,
 }
 
 impl ErrorCode {
@@ -41,6 +45,10 @@ impl ErrorCode {
             ErrorCode::PublishFailed => "PUBLISH_FAILED",
             ErrorCode::SubscribeFailed => "SUBSCRIBE_FAILED",
             ErrorCode::ServerError => "SERVER_ERROR",
+            ErrorCode::ClientIdInUse => "CLIENT_ID_IN_USE",
+            ErrorCode::BadClientId => "BAD_CLIENT_ID",
+            ErrorCode::DuplicateDurable => "DUPLICATE_DURABLE",
+            ErrorCode::ConnectionLost => "CONNECTION_LOST",
         }
     }
 }
@@ -65,6 +73,11 @@ pub mod text {
     pub const PUB_ACK_TIMEOUT: &str = "stan: publish ack timeout";
     pub const SUBJECT_REQUIRED: &str = "stan: subject must be supplied";
     pub const CONNECT_TIMEOUT: &str = "stan: connect request timeout";
+    pub const CLIENT_ID_IN_USE: &str = "stan: clientID already registered";
+    pub const BAD_CLIENT_ID: &str =
+        "stan: invalid clientID: only alphanumeric and `-` or `_` characters allowed";
+    pub const DUPLICATE_DURABLE: &str = "stan: duplicate durable registration";
+    pub const CONNECTION_LOST: &str = "stan: connection lost due to PING failure";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,6 +29,10 @@ pub struct ConnectOptions {
     /// When false, publishing to or subscribing on a channel that no stream captures fails
     /// with `STREAM_NOT_FOUND` instead of creating a stream.
     pub auto_create_streams: Option<bool>,
+    /// Interval of the liveness pings; `stan_max_ping_out` unanswered ones in a row mean
+    /// `connection_lost`.
+    pub stan_ping_interval_ms: Option<u32>,
+    pub stan_max_ping_out: Option<u32>,
 }
 
 impl ConnectOptions {
@@ -38,6 +42,16 @@ impl ConnectOptions {
 
     pub fn ack_timeout(&self) -> Duration {
         Duration::from_millis(u64::from(self.ack_timeout_ms.max(1)))
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(u64::from(
+            self.stan_ping_interval_ms.unwrap_or(5000).max(10),
+        ))
+    }
+
+    pub fn max_ping_out(&self) -> u32 {
+        self.stan_max_ping_out.unwrap_or(3).max(1)
     }
 
     pub fn server_urls(&self) -> Result<Vec<String>> {

@@ -30,6 +30,23 @@ pub fn validate_channel(subject: &str) -> Result<()> {
     Ok(())
 }
 
+/// STAN client IDs: alphanumerics, `-` and `_`, as nats-streaming-server
+/// enforced. They become a subject token, so nothing else may pass.
+pub fn validate_client_id(client_id: &str) -> Result<()> {
+    let valid = !client_id.is_empty()
+        && client_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(JetstanError::new(
+            ErrorCode::BadClientId,
+            crate::error::text::BAD_CLIENT_ID,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +55,15 @@ mod tests {
     fn accepts_literal_subjects() {
         for ok in ["foo", "foo.bar", "ticket:created", "a-b_c.d1", "foo*bar"] {
             assert!(validate_channel(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn client_ids_are_tokens() {
+        assert!(validate_client_id("orders-1_a").is_ok());
+        for bad in ["", "a.b", "a b", "a*", "é"] {
+            let code = validate_client_id(bad).err().map(|e| e.code);
+            assert_eq!(code, Some(ErrorCode::BadClientId), "{bad}");
         }
     }
 

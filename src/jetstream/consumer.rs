@@ -1,32 +1,45 @@
 //! A STAN subscription on JetStream: one pull consumer, its messages packed
 //! into delivery batches for JS, and the reply subjects kept here so JS acks
 //! by a number instead of carrying subjects across the boundary.
+//!
+//! Identity decides the consumer: a plain subscription gets an ephemeral
+//! consumer of its own; a durable gets one named from (cluster, client,
+//! durable, channel); a queue group one named from (cluster, group, durable,
+//! channel), shared by its members, who each pull from it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
-use async_nats::Subject;
+use async_nats::jetstream::{self, consumer, stream, ErrorCode as ApiErrorCode};
+use async_nats::{Client, Subject};
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::streams::StreamCache;
+use super::presence::{self, Answer, Presence};
+use super::streams::{consumer_name, StreamCache};
 use crate::error::{ErrorCode, JetstanError};
 use crate::options::{start_position, SubscribeOptions};
 use crate::outbox::{DeliveryBatch, Event, Outbox};
 
-/// How long the server keeps an ephemeral consumer whose client vanished
-/// without unsubscribing.
-const EPHEMERAL_INACTIVE_THRESHOLD: Duration = Duration::from_secs(120);
+/// How long the server keeps a consumer nobody pulls from: an ephemeral one
+/// whose client vanished, or a non-durable queue group whose members did.
+const INACTIVE_THRESHOLD: Duration = Duration::from_secs(120);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 const MAX_PULL_BATCH: u32 = 1000;
 /// Messages folded into one delivery batch at most before JS is woken.
 const DELIVERY_BATCH: usize = 4096;
-/// Bounds the consumer delete on unsubscribe/close so a dead server cannot
-/// stall `close()`.
+/// Bounds cleanup on unsubscribe/close so a dead server cannot stall `close()`.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
+const MEMBER_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+const RECOVERY_BACKOFF: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+];
 
 /// How a subscription ends, which decides what happens to its consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +63,10 @@ impl AckRegistry {
         self.next_id
     }
 
+    fn take_all(&mut self) -> Vec<Subject> {
+        self.replies.drain().map(|(_, reply)| reply).collect()
+    }
+
     pub fn take(&mut self, ids: &[f64], into: &mut Vec<Subject>) {
         for id in ids {
             if let Some(reply) = self.replies.remove(&(*id as u64)) {
@@ -59,79 +76,165 @@ impl AckRegistry {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Ephemeral,
+    Durable { name: String },
+    Queue { name: String, durable: bool },
+}
+
+impl Identity {
+    pub fn of(cluster_id: &str, client_id: &str, options: &SubscribeOptions) -> Identity {
+        let durable = options.durable_name.as_deref().filter(|d| !d.is_empty());
+        let queue = options.queue_group.as_deref().filter(|q| !q.is_empty());
+        let channel = options.subject.as_str();
+        match (queue, durable) {
+            (Some(group), durable) => Identity::Queue {
+                name: consumer_name(
+                    "Q",
+                    group,
+                    &[cluster_id, group, durable.unwrap_or(""), channel],
+                ),
+                durable: durable.is_some(),
+            },
+            (None, Some(durable)) => Identity::Durable {
+                name: consumer_name("D", durable, &[cluster_id, client_id, durable, channel]),
+            },
+            (None, None) => Identity::Ephemeral,
+        }
+    }
+
+    /// The name under which a durable subscription is active, for the
+    /// duplicate-registration check.
+    pub fn durable_name(&self) -> Option<&str> {
+        match self {
+            Identity::Durable { name } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Whether the consumer outlives this subscription when it stops this way.
+    fn keeps_state(&self, stop: Stop) -> bool {
+        match self {
+            Identity::Ephemeral => false,
+            Identity::Durable { .. } | Identity::Queue { durable: true, .. } => {
+                stop != Stop::Unsubscribe
+            }
+            Identity::Queue { durable: false, .. } => false,
+        }
+    }
+}
+
 pub struct SubscriptionTask {
     pub sid: u32,
+    pub cluster_id: String,
+    pub identity: Identity,
     pub options: SubscribeOptions,
+    pub client: Client,
     pub js: jetstream::Context,
     pub streams: Arc<StreamCache>,
     pub outbox: Arc<Outbox>,
     pub registry: Arc<Mutex<AckRegistry>>,
 }
 
+/// What the subscription has bound to on the server.
+struct Bound {
+    stream: String,
+    consumer: consumer::PullConsumer,
+    membership: Option<Presence>,
+}
+
 impl SubscriptionTask {
     pub async fn run(self, mut stop: oneshot::Receiver<Stop>) {
         let sid = self.sid;
-        let setup = tokio::select! {
-            setup = self.create_consumer() => setup,
+        let bound = tokio::select! {
+            bound = self.bind() => bound,
             reason = &mut stop => {
                 // Stopped before the consumer existed: nothing to clean up.
                 self.report_stop(reason.unwrap_or(Stop::ConnectionClosed));
                 return;
             }
         };
-        let (stream_name, consumer) = match setup {
-            Ok(created) => created,
+        let mut bound = match bound {
+            Ok(bound) => bound,
             Err(err) => {
                 self.outbox.push_event(Event::SubError(sid, err));
                 self.outbox.push_event(Event::SubUnsubscribed(sid));
                 return;
             }
         };
-        let consumer_name = consumer.cached_info().name.clone();
-        let batch = self.options.max_in_flight.clamp(1, MAX_PULL_BATCH) as usize;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .heartbeat(PULL_HEARTBEAT)
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(err) => {
-                self.outbox.push_event(Event::SubError(
-                    sid,
-                    JetstanError::new(ErrorCode::SubscribeFailed, err.to_string()),
-                ));
-                self.delete_consumer(&stream_name, &consumer_name).await;
-                self.outbox.push_event(Event::SubUnsubscribed(sid));
-                return;
-            }
-        };
-        self.outbox.push_event(Event::SubReady(sid));
-
-        let reason = loop {
-            tokio::select! {
-                biased;
-                reason = &mut stop => break reason.unwrap_or(Stop::ConnectionClosed),
-                next = messages.next() => {
-                    let Some(first) = next else { break Stop::ConnectionClosed };
-                    let mut batch = DeliveryBatch::default();
-                    self.collect(first, &mut batch);
-                    for _ in 1..DELIVERY_BATCH {
-                        match messages.next().now_or_never() {
-                            Some(Some(more)) => self.collect(more, &mut batch),
-                            _ => break,
+        let mut ready_sent = false;
+        let mut last_sequence = 0u64;
+        let mut attempt = 0usize;
+        let reason = 'life: loop {
+            let messages =
+                bound
+                    .consumer
+                    .stream()
+                    .max_messages_per_batch(
+                        self.options.max_in_flight.clamp(1, MAX_PULL_BATCH) as usize
+                    )
+                    .heartbeat(PULL_HEARTBEAT)
+                    .messages()
+                    .await;
+            match messages {
+                Ok(mut messages) => {
+                    if !ready_sent {
+                        ready_sent = true;
+                        self.outbox.push_event(Event::SubReady(sid));
+                    }
+                    loop {
+                        tokio::select! {
+                            biased;
+                            reason = &mut stop => break 'life reason.unwrap_or(Stop::ConnectionClosed),
+                            next = messages.next() => {
+                                let Some(first) = next else { break };
+                                let mut batch = DeliveryBatch::default();
+                                if !self.collect(first, &mut batch, &mut last_sequence) {
+                                    break;
+                                }
+                                attempt = 0;
+                                for _ in 1..DELIVERY_BATCH {
+                                    match messages.next().now_or_never() {
+                                        Some(Some(more)) => {
+                                            if !self.collect(more, &mut batch, &mut last_sequence) {
+                                                break;
+                                            }
+                                        }
+                                        _ => break,
+                                    }
+                                }
+                                self.outbox.push_deliveries(sid, batch);
+                            }
                         }
                     }
-                    self.outbox.push_deliveries(sid, batch);
                 }
+                Err(err) if !ready_sent => {
+                    self.outbox.push_event(Event::SubError(
+                        sid,
+                        JetstanError::new(ErrorCode::SubscribeFailed, err.to_string()),
+                    ));
+                    self.cleanup(&mut bound, Stop::Unsubscribe).await;
+                    self.outbox.push_event(Event::SubUnsubscribed(sid));
+                    return;
+                }
+                Err(err) => tracing::debug!(sid, error = %err, "reopening the pull stream failed"),
+            }
+            // The pull stream ended or lost its consumer (a server restart
+            // without the consumer, a deletion): wait a little, then rebind,
+            // recreating the consumer after the last message we saw.
+            let pause = RECOVERY_BACKOFF[attempt.min(RECOVERY_BACKOFF.len() - 1)];
+            attempt += 1;
+            tokio::select! {
+                reason = &mut stop => break 'life reason.unwrap_or(Stop::ConnectionClosed),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            match self.rebind(&bound, last_sequence).await {
+                Ok(consumer) => bound.consumer = consumer,
+                Err(err) => tracing::debug!(sid, error = %err, "rebinding the consumer failed"),
             }
         };
-        drop(messages);
-        // A durable outlives close(); every consumer of this issue is
-        // ephemeral, so any stop removes it rather than waiting for the
-        // inactivity threshold.
-        self.delete_consumer(&stream_name, &consumer_name).await;
+        self.cleanup(&mut bound, reason).await;
         self.report_stop(reason);
     }
 
@@ -143,18 +246,23 @@ impl SubscriptionTask {
         }
     }
 
+    /// Adds a message to the batch. Returns false when the pull stream
+    /// reported that its consumer is gone and must be rebound.
     fn collect(
         &self,
         next: Result<jetstream::Message, consumer::pull::MessagesError>,
         batch: &mut DeliveryBatch,
-    ) {
+        last_sequence: &mut u64,
+    ) -> bool {
         let message = match next {
             Ok(message) => message,
             Err(err) => {
-                // Missed heartbeats and pull errors are recovered by the pull
-                // stream itself; they are worth a trace, not an app error.
                 tracing::debug!(sid = self.sid, error = %err, "pull stream error");
-                return;
+                use consumer::pull::MessagesErrorKind as Kind;
+                return !matches!(
+                    err.kind(),
+                    Kind::ConsumerDeleted | Kind::MissingHeartbeat | Kind::NoResponders
+                );
             }
         };
         let (sequence, delivered, timestamp_ns) = match message.info() {
@@ -165,11 +273,14 @@ impl SubscriptionTask {
             ),
             Err(err) => {
                 tracing::debug!(sid = self.sid, error = %err, "message without JetStream metadata");
-                return;
+                return true;
             }
         };
         let jetstream::Message { message, .. } = message;
-        let Some(reply) = message.reply else { return };
+        let Some(reply) = message.reply else {
+            return true;
+        };
+        *last_sequence = (*last_sequence).max(sequence);
         let ack_id = self.registry.lock().register(reply);
         batch.push(
             ack_id,
@@ -178,49 +289,202 @@ impl SubscriptionTask {
             delivered - 1,
             &message.payload,
         );
+        true
     }
 
-    async fn create_consumer(&self) -> Result<(String, consumer::PullConsumer), JetstanError> {
-        let channel = &self.options.subject;
-        let stream_name = self.streams.stream_for(&self.js, channel).await?;
+    async fn bind(&self) -> Result<Bound, JetstanError> {
+        let stream = self
+            .streams
+            .stream_for(&self.js, &self.options.subject)
+            .await?;
+        let membership = match &self.identity {
+            Identity::Queue { name, .. } => Some(
+                Presence::claim(
+                    &self.client,
+                    presence::member_subject(&self.cluster_id, name),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        let consumer = match &self.identity {
+            Identity::Ephemeral => {
+                self.create(&stream, nuid::next().to_string(), self.deliver_policy()?)
+                    .await?
+            }
+            Identity::Durable { name } | Identity::Queue { name, .. } => {
+                match self.existing(&stream, name).await? {
+                    Some(consumer) => consumer,
+                    None => match self
+                        .create(&stream, name.clone(), self.deliver_policy()?)
+                        .await
+                    {
+                        Ok(consumer) => consumer,
+                        // Another member created it first, with its own start time.
+                        Err(err) => self.existing(&stream, name).await?.ok_or(err)?,
+                    },
+                }
+            }
+        };
+        Ok(Bound {
+            stream,
+            consumer,
+            membership,
+        })
+    }
+
+    /// The consumer again after the stream lost it: the same name, starting
+    /// after the last message this subscription saw.
+    async fn rebind(
+        &self,
+        bound: &Bound,
+        last_sequence: u64,
+    ) -> Result<consumer::PullConsumer, JetstanError> {
+        let name = bound.consumer.cached_info().name.clone();
+        if let Some(consumer) = self.existing(&bound.stream, &name).await? {
+            return Ok(consumer);
+        }
+        let policy = if last_sequence == 0 {
+            self.deliver_policy()?
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: last_sequence + 1,
+            }
+        };
+        self.create(&bound.stream, name, policy).await
+    }
+
+    async fn existing(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<Option<consumer::PullConsumer>, JetstanError> {
+        match self.js.get_consumer_from_stream(name, stream).await {
+            Ok(consumer) => Ok(Some(consumer)),
+            Err(err) => match err.kind() {
+                stream::ConsumerErrorKind::JetStream(api)
+                    if api.error_code() == ApiErrorCode::CONSUMER_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(JetstanError::new(
+                    ErrorCode::SubscribeFailed,
+                    format!("looking up consumer '{name}': {err}"),
+                )),
+            },
+        }
+    }
+
+    async fn create(
+        &self,
+        stream: &str,
+        name: String,
+        deliver_policy: consumer::DeliverPolicy,
+    ) -> Result<consumer::PullConsumer, JetstanError> {
+        let durable = matches!(
+            self.identity,
+            Identity::Durable { .. } | Identity::Queue { durable: true, .. }
+        );
         let config = consumer::pull::Config {
-            name: Some(nuid::next().to_string()),
-            deliver_policy: deliver_policy(&self.options),
+            durable_name: durable.then(|| name.clone()),
+            name: Some(name),
+            deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_millis(u64::from(self.options.ack_wait_ms.max(1000))),
             max_ack_pending: i64::from(self.options.max_in_flight.max(1)),
-            filter_subject: channel.clone(),
-            inactive_threshold: EPHEMERAL_INACTIVE_THRESHOLD,
+            filter_subject: self.options.subject.clone(),
+            inactive_threshold: if durable {
+                Duration::ZERO
+            } else {
+                INACTIVE_THRESHOLD
+            },
             ..Default::default()
         };
-        let consumer = self
-            .js
-            .create_consumer_on_stream(config, &stream_name)
+        self.js
+            .create_consumer_on_stream(config, stream)
             .await
-            .map_err(|err| JetstanError::new(ErrorCode::SubscribeFailed, err.to_string()))?;
-        Ok((stream_name, consumer))
+            .map_err(|err| JetstanError::new(ErrorCode::SubscribeFailed, err.to_string()))
     }
 
-    async fn delete_consumer(&self, stream_name: &str, consumer_name: &str) {
+    fn deliver_policy(&self) -> Result<consumer::DeliverPolicy, JetstanError> {
+        deliver_policy(&self.options)
+    }
+
+    async fn cleanup(&self, bound: &mut Bound, reason: Stop) {
+        if let Some(membership) = bound.membership.take() {
+            membership.leave().await;
+        }
+        if self.identity.keeps_state(reason) || matches!(self.identity, Identity::Queue { .. }) {
+            self.release_unacked().await;
+        }
+        if self.identity.keeps_state(reason) {
+            return;
+        }
+        let name = bound.consumer.cached_info().name.clone();
+        if matches!(self.identity, Identity::Queue { .. }) && self.other_members_alive(&name).await
+        {
+            return;
+        }
         let deleted = tokio::time::timeout(
             CLEANUP_TIMEOUT,
-            self.js
-                .delete_consumer_from_stream(consumer_name, stream_name),
+            self.js.delete_consumer_from_stream(&name, &bound.stream),
         )
         .await;
         if !matches!(deleted, Ok(Ok(_))) {
             tracing::debug!(
                 sid = self.sid,
-                consumer_name,
+                name,
                 "consumer left to its inactivity threshold"
             );
         }
     }
+
+    /// Hands messages this member received but never acked back to the
+    /// consumer at once (as STAN redistributes a leaving member's messages)
+    /// instead of after ackWait.
+    async fn release_unacked(&self) {
+        let replies = self.registry.lock().take_all();
+        for reply in replies {
+            let _ = self
+                .client
+                .publish(reply, Bytes::from_static(b"-NAK"))
+                .await;
+        }
+    }
+
+    async fn other_members_alive(&self, name: &str) -> bool {
+        let subject = presence::member_subject(&self.cluster_id, name);
+        // Silence counts as alive: deleting a group under a member that is
+        // only slow would lose its place.
+        presence::ask(&self.client, &subject, MEMBER_PROBE_TIMEOUT).await != Answer::NobodyThere
+    }
 }
 
-fn deliver_policy(options: &SubscribeOptions) -> consumer::DeliverPolicy {
-    match options.start_position {
-        start_position::FIRST => consumer::DeliverPolicy::All,
-        _ => consumer::DeliverPolicy::New,
-    }
+fn deliver_policy(options: &SubscribeOptions) -> Result<consumer::DeliverPolicy, JetstanError> {
+    use consumer::DeliverPolicy;
+    Ok(match options.start_position {
+        start_position::NEW_ONLY => DeliverPolicy::New,
+        start_position::LAST_RECEIVED => DeliverPolicy::LastPerSubject,
+        start_position::FIRST => DeliverPolicy::All,
+        start_position::SEQUENCE_START => match options.start_sequence {
+            Some(sequence) if sequence >= 1.0 => DeliverPolicy::ByStartSequence {
+                start_sequence: sequence as u64,
+            },
+            // STAN treats sequence 0 as "the oldest available".
+            _ => DeliverPolicy::All,
+        },
+        start_position::TIME_DELTA_START => {
+            let delta_ms = options.start_time_delta_ms.unwrap_or(0.0);
+            let delta = time::Duration::nanoseconds((delta_ms * 1e6) as i64);
+            DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::now_utc() - delta,
+            }
+        }
+        other => {
+            return Err(JetstanError::new(
+                ErrorCode::BadOption,
+                format!("stan: invalid start position {other}"),
+            ))
+        }
+    })
 }

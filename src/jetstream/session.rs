@@ -12,13 +12,14 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::consumer::{AckRegistry, Stop, SubscriptionTask};
+use super::consumer::{AckRegistry, Identity, Stop, SubscriptionTask};
+use super::presence::{self, Answer, Presence};
 use super::publisher::{PublishRequest, Publisher};
 use super::streams::StreamCache;
 use crate::error::{text, ErrorCode, JetstanError, Result};
 use crate::options::{ConnectOptions, SubscribeOptions};
 use crate::outbox::{Event, Outbox, Poll};
-use crate::subject::validate_channel;
+use crate::subject::{validate_channel, validate_client_id};
 
 /// Room for the `Nats-Msg-Id` header that every publish carries, counted
 /// against the server's max_payload together with the data.
@@ -26,6 +27,9 @@ const PUBLISH_HEADER_BYTES: usize = 64;
 /// Upper bound on the whole of `close()` after the subscriptions stopped, so
 /// a dead server cannot keep the process alive.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a newcomer waits for the holder of its client ID to answer. A
+/// live holder answers within milliseconds; "no responders" comes at once.
+const CLIENT_ID_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 enum Phase {
     Connecting,
@@ -41,9 +45,13 @@ struct Live {
     publish_tx: mpsc::UnboundedSender<PublishRequest>,
     ack_tx: mpsc::UnboundedSender<Vec<Subject>>,
     max_payload: usize,
+    _client_id_claim: Presence,
+    liveness: JoinHandle<()>,
+    acker: JoinHandle<()>,
 }
 
 struct SubHandle {
+    durable: Option<String>,
     stop: oneshot::Sender<Stop>,
     registry: Arc<Mutex<AckRegistry>>,
     task: JoinHandle<()>,
@@ -111,6 +119,7 @@ impl Session {
 
     async fn open(self: &Arc<Self>) -> Result<Live> {
         let options = &self.options;
+        validate_client_id(&options.client_id)?;
         let timeout = options.connect_timeout();
         let client =
             tokio::time::timeout(timeout, self.nats_options().connect(options.server_urls()?))
@@ -138,6 +147,7 @@ impl Session {
             }
             Ok(Ok(_)) => {}
         }
+        let claim = self.claim_client_id(&client).await?;
         let reply_prefix = client.new_inbox();
         let acks = client
             .subscribe(format!("{reply_prefix}.*"))
@@ -159,8 +169,14 @@ impl Session {
         };
         tokio::spawn(publisher.run(publish_rx));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        tokio::spawn(send_acks(client.clone(), ack_rx));
+        let acker = tokio::spawn(send_acks(client.clone(), ack_rx));
         let max_payload = client.server_info().max_payload;
+        let liveness = tokio::spawn(watch_liveness(
+            Arc::downgrade(self),
+            js.clone(),
+            options.ping_interval(),
+            options.max_ping_out(),
+        ));
         Ok(Live {
             client,
             js,
@@ -168,7 +184,48 @@ impl Session {
             publish_tx,
             ack_tx,
             max_payload,
+            _client_id_claim: claim,
+            liveness,
+            acker,
         })
+    }
+
+    /// One live connection per (cluster, client ID), as STAN guaranteed: ask
+    /// the holder first; only silence or nobody lets us take the ID.
+    async fn claim_client_id(&self, client: &Client) -> Result<Presence> {
+        let subject = presence::client_subject(&self.options.cluster_id, &self.options.client_id);
+        if presence::ask(client, &subject, CLIENT_ID_PROBE_TIMEOUT).await == Answer::Alive {
+            return Err(JetstanError::new(
+                ErrorCode::ClientIdInUse,
+                text::CLIENT_ID_IN_USE,
+            ));
+        }
+        Presence::claim(client, subject).await
+    }
+
+    /// Called by the liveness watch after too many unanswered pings.
+    fn lose_connection(self: &Arc<Self>) {
+        let live = {
+            let mut phase = self.phase.lock();
+            match std::mem::replace(&mut *phase, Phase::Closing) {
+                Phase::Open(live) => *live,
+                other => {
+                    *phase = other;
+                    return;
+                }
+            }
+        };
+        self.outbox
+            .push_event(Event::ConnectionLost(JetstanError::new(
+                ErrorCode::ConnectionLost,
+                text::CONNECTION_LOST,
+            )));
+        let session = Arc::clone(self);
+        napi::bindgen_prelude::spawn(async move { session.finish_close(Some(live)).await });
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(*self.phase.lock(), Phase::Open(_))
     }
 
     fn nats_options(self: &Arc<Self>) -> async_nats::ConnectOptions {
@@ -191,19 +248,22 @@ impl Session {
         } else if let Some(token) = &options.token {
             nats = nats.token(token.clone());
         }
-        if let Some(wait) = options.reconnect_time_wait_ms {
-            let wait = Duration::from_millis(u64::from(wait));
-            // Attempt 1 is the initial connect, which must not wait.
-            nats = nats.reconnect_delay_callback(
-                move |attempt| {
-                    if attempt <= 1 {
-                        Duration::ZERO
-                    } else {
-                        wait
-                    }
-                },
-            );
-        }
+        let wait = Duration::from_millis(u64::from(options.reconnect_time_wait_ms.unwrap_or(2000)));
+        let session = Arc::downgrade(self);
+        // Called before every connection attempt. Attempt 1 is the initial
+        // connect (or the first retry, right after a disconnect) and does not
+        // wait; every later one is 0.3.2's `reconnecting`.
+        nats = nats.reconnect_delay_callback(move |attempt| {
+            if attempt <= 1 {
+                return Duration::ZERO;
+            }
+            if let Some(session) = session.upgrade() {
+                if session.is_open() {
+                    session.outbox.push_event(Event::Reconnecting);
+                }
+            }
+            wait
+        });
         let session = Arc::downgrade(self);
         nats.event_callback(move |event| {
             let session = Weak::clone(&session);
@@ -228,10 +288,10 @@ impl Session {
                 Event::Reconnected
             }
             NatsEvent::Disconnected => Event::Disconnected,
+            // Client-side I/O errors while reconnecting are what `disconnect`
+            // and `reconnecting` already report; as `error` events they would
+            // trip applications that treat `error` as fatal.
             NatsEvent::ServerError(err) => {
-                Event::Error(JetstanError::new(ErrorCode::ServerError, err.to_string()))
-            }
-            NatsEvent::ClientError(err) => {
                 Event::Error(JetstanError::new(ErrorCode::ServerError, err.to_string()))
             }
             _ => return,
@@ -274,10 +334,22 @@ impl Session {
         let Phase::Open(live) = &*phase else {
             return Err(JetstanError::closed());
         };
+        let identity = Identity::of(&self.options.cluster_id, &self.options.client_id, &options);
+        let durable = identity.durable_name().map(str::to_string);
+        let mut subs = self.subs.lock();
+        if durable.is_some() && subs.values().any(|h| h.durable == durable) {
+            return Err(JetstanError::new(
+                ErrorCode::DuplicateDurable,
+                text::DUPLICATE_DURABLE,
+            ));
+        }
         let registry = Arc::new(Mutex::new(AckRegistry::default()));
         let task = SubscriptionTask {
             sid,
+            cluster_id: self.options.cluster_id.clone(),
+            identity,
             options,
+            client: live.client.clone(),
             js: live.js.clone(),
             streams: Arc::clone(&live.streams),
             outbox: Arc::clone(&self.outbox),
@@ -285,9 +357,10 @@ impl Session {
         };
         let (stop, stopped) = oneshot::channel();
         let task = napi::bindgen_prelude::spawn(task.run(stopped));
-        self.subs.lock().insert(
+        subs.insert(
             sid,
             SubHandle {
+                durable,
                 stop,
                 registry,
                 task,
@@ -368,16 +441,59 @@ impl Session {
                 client,
                 publish_tx,
                 ack_tx,
+                liveness,
+                acker,
                 ..
             } = live;
+            liveness.abort();
             drop(publish_tx);
+            // Acks JS made before close() must reach the server first, or a
+            // durable would resume before them.
             drop(ack_tx);
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, acker).await;
             let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, client.flush()).await;
             let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, client.drain()).await;
         }
         *self.phase.lock() = Phase::Closed;
         self.outbox.push_event(Event::Closed);
         self.outbox.release();
+    }
+}
+
+/// 0.3.2's STAN pings: every `interval` one request the server itself
+/// answers (JetStream account info: a real round trip, unlike a socket
+/// flush); more than `max_out` in a row without an answer ends the
+/// connection with `connection_lost`, even while NATS would keep reconnecting.
+async fn watch_liveness(
+    session: Weak<Session>,
+    js: jetstream::Context,
+    interval: Duration,
+    max_out: u32,
+) {
+    let mut unanswered = 0u32;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        if !session.is_open() {
+            return;
+        }
+        unanswered += 1;
+        if unanswered > max_out {
+            session.lose_connection();
+            return;
+        }
+        drop(session);
+        if matches!(
+            tokio::time::timeout(interval, js.query_account()).await,
+            Ok(Ok(_))
+        ) {
+            unanswered = 0;
+        }
     }
 }
 

@@ -19,7 +19,23 @@ const MAX_NAME_LEN: usize = 64;
 /// replaced or cut, a hash of the original pair is appended, so `a.b` and
 /// `a_b` never share a stream.
 pub fn stream_name(cluster_id: &str, channel: &str) -> String {
-    let raw = format!("{cluster_id}_{channel}");
+    let (mut name, changed) = sanitize(&format!("{cluster_id}_{channel}"), MAX_NAME_LEN - 17);
+    if changed {
+        name.push_str(&format!("_{:016x}", fnv1a(&[cluster_id, channel])));
+    }
+    name
+}
+
+/// Consumer name for a durable or queue subscription: a readable label plus
+/// a hash of everything that identifies it, so one durable name reused on
+/// several channels (or by several clients) never collides.
+pub fn consumer_name(kind: &str, label: &str, identity: &[&str]) -> String {
+    let (label, _) = sanitize(label, 24);
+    format!("{kind}_{label}_{:016x}", fnv1a(identity))
+}
+
+/// Keeps the characters names allow and cuts to `max`; reports any change.
+fn sanitize(raw: &str, max: usize) -> (String, bool) {
     let mut changed = false;
     let mut name: String = raw
         .chars()
@@ -32,15 +48,11 @@ pub fn stream_name(cluster_id: &str, channel: &str) -> String {
             }
         })
         .collect();
-    if name.len() > MAX_NAME_LEN - 17 {
-        name.truncate(MAX_NAME_LEN - 17);
+    if name.len() > max {
+        name.truncate(max);
         changed = true;
     }
-    if changed {
-        name.push('_');
-        name.push_str(&format!("{:016x}", fnv1a(&[cluster_id, channel])));
-    }
-    name
+    (name, changed)
 }
 
 /// FNV-1a over the parts with a separator byte no subject or ID contains.
@@ -146,6 +158,21 @@ mod tests {
         assert_ne!(dotted, underscored);
         assert!(dotted.starts_with("c_a_b_"));
         assert_eq!(dotted, stream_name("c", "a.b"));
+    }
+
+    #[test]
+    fn consumer_names_differ_by_channel_and_client() {
+        let a = consumer_name("D", "my-durable", &["c", "client", "my-durable", "orders"]);
+        let b = consumer_name(
+            "D",
+            "my-durable",
+            &["c", "client", "my-durable", "payments"],
+        );
+        let c = consumer_name("D", "my-durable", &["c", "other", "my-durable", "orders"]);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert!(a.starts_with("D_my-durable_"));
+        assert!(!consumer_name("Q", "a.b c", &["x"]).contains(['.', ' ']));
     }
 
     #[test]
