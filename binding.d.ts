@@ -61,6 +61,8 @@ export interface ConnectOptions {
    */
   stanPingIntervalMs?: number
   stanMaxPingOut?: number
+  /** Keep retrying an unreachable server instead of failing the first connect. */
+  waitOnFirstConnect?: boolean
 }
 
 export interface Delivery {

@@ -40,7 +40,8 @@ export type ErrorCode =
   | 'BAD_OPTION' | 'BAD_SUBJECT' | 'BAD_DATA' | 'BAD_SUBSCRIPTION' | 'MAX_PAYLOAD' | 'MAX_IN_FLIGHT'
   | 'CONNECTION_CLOSED' | 'CONN_ERR' | 'CONNECT_TIMEOUT' | 'JETSTREAM_NOT_ENABLED'
   | 'STREAM_NOT_FOUND' | 'STREAM_ERROR' | 'PUB_ACK_TIMEOUT' | 'PUBLISH_FAILED'
-  | 'SUBSCRIBE_FAILED' | 'SERVER_ERROR' | 'NATIVE_MISSING'
+  | 'SUBSCRIBE_FAILED' | 'SUBSCRIBE_TIMEOUT' | 'SERVER_ERROR' | 'NATIVE_MISSING'
+  | 'CLIENT_ID_IN_USE' | 'BAD_CLIENT_ID' | 'DUPLICATE_DURABLE' | 'CONNECTION_LOST'
 
 /** NATS connection options, as node-nats-streaming 0.3.2 forwarded them. */
 export interface ClientOpts {
@@ -95,7 +96,9 @@ export interface StanOptions extends ClientOpts {
   maxPubAcksInFlight?: number
   /** `'binary'` makes `Message.getData()` return a Buffer; anything else means UTF-8. */
   stanEncoding?: string
+  /** Unanswered liveness pings in a row before `connection_lost` (default 3). */
   stanMaxPingOut?: number
+  /** Milliseconds between liveness pings (default 5000). */
   stanPingInterval?: number
   /** Not supported: jetstan owns its NATS connection. Passing one throws `BAD_OPTION`. */
   nc?: never

@@ -138,7 +138,8 @@ function parseConnectArgs (clusterID, clientID, opts) {
     noRandomize: options.noRandomize,
     autoCreateStreams: options.autoCreateStreams,
     stanPingIntervalMs: Math.ceil(options.stanPingInterval),
-    stanMaxPingOut: Math.max(1, Math.trunc(options.stanMaxPingOut))
+    stanMaxPingOut: Math.max(1, Math.trunc(options.stanMaxPingOut)),
+    waitOnFirstConnect: options.waitOnFirstConnect
   }
   return { options, native }
 }

@@ -222,7 +222,7 @@ class Stan extends EventEmitter {
       default: {
         const sub = this._subs.get(event.sid)
         if (sub === undefined) return
-        if (event.kind === 'unsubscribed' || event.kind === 'closed') this._subs.delete(event.sid)
+        if (event.kind === 'unsubscribed' || event.kind === 'closed' || event.kind === 'timeout') this._subs.delete(event.sid)
         sub._onEvent(event)
       }
     }

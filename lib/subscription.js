@@ -169,6 +169,12 @@ class Subscription extends EventEmitter {
         this.ackInbox = `${this.inbox}.acks`
         this.emit('ready')
         break
+      case 'timeout':
+        // The request went unanswered within connectTimeout; the native
+        // side gave the subscription up.
+        this._closed = true
+        this.emit('timeout', fromNative(event))
+        break
       case 'sub_error':
         this._closed = true
         this.emit('error', fromNative(event))

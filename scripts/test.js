@@ -1,7 +1,8 @@
 'use strict'
 
 // `npm test`: install what is missing, lint (rustfmt, clippy, tsc), Rust unit
-// tests, then the node:test suite against real nats-servers it starts.
+// tests, the node:test suite against real nats-servers it starts, and the
+// benchmark's quick smoke run.
 
 const path = require('node:path')
 const { ensureAll, run, ROOT } = require('./ensure')
@@ -13,6 +14,8 @@ function main () {
   run('cargo', ['test', '--quiet', '--lib'])
   run(path.join(ROOT, 'node_modules', '.bin', 'tsc'), ['--noEmit', '-p', 'tsconfig.json'])
   run(process.execPath, ['--test', '--test-concurrency=2', '__test__/'])
+  // The benchmark's smoke run: proves it still works, measures nothing.
+  run(process.execPath, [path.join(ROOT, 'bench', 'run.js'), '--quick'])
 }
 
 try {

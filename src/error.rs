@@ -26,6 +26,7 @@ pub enum ErrorCode {
     BadClientId,
     DuplicateDurable,
     ConnectionLost,
+    SubscribeTimeout,
 }
 
 impl ErrorCode {
@@ -49,6 +50,7 @@ impl ErrorCode {
             ErrorCode::BadClientId => "BAD_CLIENT_ID",
             ErrorCode::DuplicateDurable => "DUPLICATE_DURABLE",
             ErrorCode::ConnectionLost => "CONNECTION_LOST",
+            ErrorCode::SubscribeTimeout => "SUBSCRIBE_TIMEOUT",
         }
     }
 }
@@ -78,6 +80,7 @@ pub mod text {
         "stan: invalid clientID: only alphanumeric and `-` or `_` characters allowed";
     pub const DUPLICATE_DURABLE: &str = "stan: duplicate durable registration";
     pub const CONNECTION_LOST: &str = "stan: connection lost due to PING failure";
+    pub const SUBSCRIBE_TIMEOUT: &str = "stan: subscribe request timeout";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

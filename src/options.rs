@@ -33,6 +33,8 @@ pub struct ConnectOptions {
     /// `connection_lost`.
     pub stan_ping_interval_ms: Option<u32>,
     pub stan_max_ping_out: Option<u32>,
+    /// Keep retrying an unreachable server instead of failing the first connect.
+    pub wait_on_first_connect: Option<bool>,
 }
 
 impl ConnectOptions {

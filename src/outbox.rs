@@ -36,6 +36,7 @@ pub enum Event {
     ConnectionLost(JetstanError),
     Error(JetstanError),
     SubReady(u32),
+    SubTimeout(u32),
     SubError(u32, JetstanError),
     SubUnsubscribed(u32),
     SubClosed(u32),
@@ -243,6 +244,14 @@ impl From<Event> for NativeEvent {
             Event::ConnectionLost(err) => failed("connection_lost", None, err),
             Event::Error(err) => failed("error", None, err),
             Event::SubReady(sid) => plain("ready", Some(sid)),
+            Event::SubTimeout(sid) => failed(
+                "timeout",
+                Some(sid),
+                JetstanError::new(
+                    crate::error::ErrorCode::SubscribeTimeout,
+                    crate::error::text::SUBSCRIBE_TIMEOUT,
+                ),
+            ),
             Event::SubError(sid, err) => failed("sub_error", Some(sid), err),
             Event::SubUnsubscribed(sid) => plain("unsubscribed", Some(sid)),
             Event::SubClosed(sid) => plain("closed", Some(sid)),

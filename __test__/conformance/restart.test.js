@@ -123,3 +123,51 @@ test('L1: connection_lost when pings go unanswered, between (M+1)·I and (M+2)·
   await closed
   assert.equal(sc.isClosed(), true)
 })
+
+test('B18: a subscription request the server cannot answer within connectTimeout emits timeout', async () => {
+  const sc = await connect({ connectTimeout: 300 })
+  const down = once(sc, 'disconnect')
+  await server.stopProcess()
+  await down
+  try {
+    const sub = sc.subscribe(unique('unanswered'))
+    const err = await once(sub, 'timeout')
+    assert.equal(err.code, 'SUBSCRIBE_TIMEOUT')
+    assert.equal(err.message, 'stan: subscribe request timeout')
+  } finally {
+    const back = once(sc, 'reconnect')
+    await server.start()
+    await back
+  }
+})
+
+test('C9: when reconnect attempts run out, the connection emits close', async () => {
+  const sc = await connect({ maxReconnectAttempts: 3, reconnectTimeWait: 20 })
+  const events = []
+  for (const name of ['disconnect', 'reconnecting']) sc.on(name, () => events.push(name))
+  const closed = once(sc, 'close', { rejectOnError: false, timeoutMs: 15000 })
+  await server.stopProcess()
+  try {
+    await closed
+    assert.equal(sc.isClosed(), true)
+    assert.ok(events.includes('disconnect'))
+    assert.ok(events.includes('reconnecting'))
+  } finally {
+    await server.start()
+  }
+})
+
+test('C6: waitOnFirstConnect keeps trying an absent server, then connects when it appears', async () => {
+  await server.stopProcess()
+  const sc = stan.connect(CLUSTER, unique('patient'), {
+    url: server.url, waitOnFirstConnect: true, reconnectTimeWait: 50, ...BACKEND_OPTIONS
+  })
+  open.add(sc)
+  let errored = false
+  sc.on('error', () => { errored = true })
+  await once(sc, 'reconnecting', { rejectOnError: false })
+  const connected = once(sc, 'connect', { rejectOnError: false })
+  await server.start()
+  assert.equal(await connected, sc)
+  assert.equal(errored, false)
+})

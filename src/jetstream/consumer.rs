@@ -135,6 +135,8 @@ pub struct SubscriptionTask {
     pub streams: Arc<StreamCache>,
     pub outbox: Arc<Outbox>,
     pub registry: Arc<Mutex<AckRegistry>>,
+    /// 0.3.2's `connectTimeout`, which bounds every subscription request.
+    pub request_timeout: Duration,
 }
 
 /// What the subscription has bound to on the server.
@@ -148,7 +150,13 @@ impl SubscriptionTask {
     pub async fn run(self, mut stop: oneshot::Receiver<Stop>) {
         let sid = self.sid;
         let bound = tokio::select! {
-            bound = self.bind() => bound,
+            bound = tokio::time::timeout(self.request_timeout, self.bind()) => match bound {
+                Ok(bound) => bound,
+                Err(_) => {
+                    self.outbox.push_event(Event::SubTimeout(sid));
+                    return;
+                }
+            },
             reason = &mut stop => {
                 // Stopped before the consumer existed: nothing to clean up.
                 self.report_stop(reason.unwrap_or(Stop::ConnectionClosed));

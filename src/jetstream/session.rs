@@ -121,17 +121,30 @@ impl Session {
         let options = &self.options;
         validate_client_id(&options.client_id)?;
         let timeout = options.connect_timeout();
-        let client =
-            tokio::time::timeout(timeout, self.nats_options().connect(options.server_urls()?))
-                .await
-                .map_err(|_| JetstanError::new(ErrorCode::ConnectTimeout, text::CONNECT_TIMEOUT))?
-                .map_err(|err| {
-                    JetstanError::new(
-                        ErrorCode::ConnectFailed,
-                        format!("Could not connect to server: {err}"),
-                    )
-                })?;
+        let waits = self.waits_on_first_connect();
+        let nats = self.nats_options();
+        let connecting = async {
+            if waits {
+                nats.retry_on_initial_connect()
+                    .connect(options.server_urls()?)
+                    .await
+            } else {
+                nats.connect(options.server_urls()?).await
+            }
+            .map_err(|err| {
+                JetstanError::new(
+                    ErrorCode::ConnectFailed,
+                    format!("Could not connect to server: {err}"),
+                )
+            })
+        };
+        let client = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| JetstanError::new(ErrorCode::ConnectTimeout, text::CONNECT_TIMEOUT))??;
         let js = jetstream::new(client.clone());
+        if waits {
+            self.wait_until_reachable(&js).await?;
+        }
         match tokio::time::timeout(timeout, js.query_account()).await {
             Err(_) => {
                 return Err(JetstanError::new(
@@ -205,6 +218,15 @@ impl Session {
 
     /// Called by the liveness watch after too many unanswered pings.
     fn lose_connection(self: &Arc<Self>) {
+        self.end_from_server(Some(JetstanError::new(
+            ErrorCode::ConnectionLost,
+            text::CONNECTION_LOST,
+        )));
+    }
+
+    /// Ends an open connection the application did not close: after
+    /// `connection_lost` (with its error), or when NATS gave up.
+    fn end_from_server(self: &Arc<Self>, lost: Option<JetstanError>) {
         let live = {
             let mut phase = self.phase.lock();
             match std::mem::replace(&mut *phase, Phase::Closing) {
@@ -215,13 +237,30 @@ impl Session {
                 }
             }
         };
-        self.outbox
-            .push_event(Event::ConnectionLost(JetstanError::new(
-                ErrorCode::ConnectionLost,
-                text::CONNECTION_LOST,
-            )));
+        if let Some(err) = lost {
+            self.outbox.push_event(Event::ConnectionLost(err));
+        }
         let session = Arc::clone(self);
         napi::bindgen_prelude::spawn(async move { session.finish_close(Some(live)).await });
+    }
+
+    fn waits_on_first_connect(&self) -> bool {
+        self.options.wait_on_first_connect == Some(true)
+    }
+
+    /// With `waitOnFirstConnect`, the client retries in the background; the
+    /// STAN connect happens once the server answers, unless close() came first.
+    async fn wait_until_reachable(&self, js: &jetstream::Context) -> Result<()> {
+        let attempt = self.options.connect_timeout();
+        loop {
+            if !matches!(*self.phase.lock(), Phase::Connecting) {
+                return Err(JetstanError::closed());
+            }
+            if let Ok(Ok(_)) = tokio::time::timeout(attempt, js.query_account()).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn is_open(&self) -> bool {
@@ -250,19 +289,27 @@ impl Session {
         }
         let wait = Duration::from_millis(u64::from(options.reconnect_time_wait_ms.unwrap_or(2000)));
         let session = Arc::downgrade(self);
-        // Called before every connection attempt. Attempt 1 is the initial
-        // connect (or the first retry, right after a disconnect) and does not
-        // wait; every later one is 0.3.2's `reconnecting`.
+        let pool_size = options.servers.len().max(1);
+        // Called before every connection attempt; the count restarts after
+        // each successful connect. 0.3.2 waits `reconnectTimeWait` between
+        // attempts to the same server, so the first pass through the pool
+        // goes without waiting. Every attempt after the first is 0.3.2's
+        // `reconnecting`.
         nats = nats.reconnect_delay_callback(move |attempt| {
             if attempt <= 1 {
                 return Duration::ZERO;
             }
             if let Some(session) = session.upgrade() {
-                if session.is_open() {
+                let connecting = matches!(*session.phase.lock(), Phase::Connecting);
+                if session.is_open() || (connecting && session.waits_on_first_connect()) {
                     session.outbox.push_event(Event::Reconnecting);
                 }
             }
-            wait
+            if attempt <= pool_size {
+                Duration::ZERO
+            } else {
+                wait
+            }
         });
         let session = Arc::downgrade(self);
         nats.event_callback(move |event| {
@@ -275,7 +322,7 @@ impl Session {
         })
     }
 
-    fn on_nats_event(&self, event: NatsEvent) {
+    fn on_nats_event(self: &Arc<Self>, event: NatsEvent) {
         if !matches!(*self.phase.lock(), Phase::Open(_) | Phase::Connecting) {
             return;
         }
@@ -288,6 +335,12 @@ impl Session {
                 Event::Reconnected
             }
             NatsEvent::Disconnected => Event::Disconnected,
+            // NATS gave up reconnecting (maxReconnectAttempts): 0.3.2 emits a
+            // plain `close`.
+            NatsEvent::Closed | NatsEvent::ClientError(async_nats::ClientError::MaxReconnects) => {
+                self.end_from_server(None);
+                return;
+            }
             // Client-side I/O errors while reconnecting are what `disconnect`
             // and `reconnecting` already report; as `error` events they would
             // trip applications that treat `error` as fatal.
@@ -354,6 +407,7 @@ impl Session {
             streams: Arc::clone(&live.streams),
             outbox: Arc::clone(&self.outbox),
             registry: Arc::clone(&registry),
+            request_timeout: self.options.connect_timeout(),
         };
         let (stop, stopped) = oneshot::channel();
         let task = napi::bindgen_prelude::spawn(task.run(stopped));
