@@ -29,6 +29,11 @@ export declare class Connection {
   unsubscribe(sid: number, close: boolean): void
   /** Acks delivered messages by the ack ids of their delivery batch. */
   ack(sid: number, ids: Float64Array): void
+  /**
+   * Settles messages that can never be processed: the server will not
+   * deliver them again.
+   */
+  terminate(sid: number, ids: Float64Array): void
   /** Everything that became ready since the last poll, in one crossing. */
   poll(): Poll
   close(): void

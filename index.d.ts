@@ -18,6 +18,13 @@ export declare const version: string
  */
 export declare function connect (clusterID: string, clientID: string, opts?: StanOptions | string | number): Stan
 
+/**
+ * Promise form of `connect`: resolves with the connected `Stan` object, or
+ * rejects with the connect error (`CONN_ERR`, `CONNECT_TIMEOUT`,
+ * `CLIENT_ID_IN_USE`, ...).
+ */
+export declare function connectAsync (clusterID: string, clientID: string, opts?: StanOptions | string | number): Promise<Stan>
+
 /** Start positions, with the numbers STAN puts on the wire. */
 export declare enum StartPosition {
   NEW_ONLY = 0,
@@ -41,7 +48,7 @@ export type ErrorCode =
   | 'CONNECTION_CLOSED' | 'CONN_ERR' | 'CONNECT_TIMEOUT' | 'JETSTREAM_NOT_ENABLED'
   | 'STREAM_NOT_FOUND' | 'STREAM_ERROR' | 'PUB_ACK_TIMEOUT' | 'PUBLISH_FAILED'
   | 'SUBSCRIBE_FAILED' | 'SUBSCRIBE_TIMEOUT' | 'SERVER_ERROR' | 'NATIVE_MISSING'
-  | 'CLIENT_ID_IN_USE' | 'BAD_CLIENT_ID' | 'DUPLICATE_DURABLE' | 'CONNECTION_LOST'
+  | 'CLIENT_ID_IN_USE' | 'BAD_CLIENT_ID' | 'DUPLICATE_DURABLE' | 'CONNECTION_LOST' | 'INVALID_PAYLOAD'
 
 /** NATS connection options, as node-nats-streaming 0.3.2 forwarded them. */
 export interface ClientOpts {
@@ -141,6 +148,12 @@ export declare class Subscription extends EventEmitter {
   unsubscribe (): void
   /** Ends the subscription but keeps durable state; `closed` follows. */
   close (): void
+  /**
+   * Messages in order. Outside manual-ack mode each message is acked when
+   * the loop asks for the next one, so after its body ran. Ends when the
+   * subscription or the connection closes; throws the subscription's errors.
+   */
+  [Symbol.asyncIterator] (): AsyncIterableIterator<Message>
 
   on (event: 'ready' | 'unsubscribed' | 'closed', listener: () => void): this
   on (event: 'message', listener: (msg: Message) => void): this
@@ -161,8 +174,19 @@ export declare class Stan extends EventEmitter {
   readonly clientID: string
   /** The effective options. */
   readonly options: StanOptions
-  /** Closes the connection; `close` follows. Pending publishes fail with `CONNECTION_CLOSED`. */
-  close (): void
+  /**
+   * Closes the connection; `close` follows. Pending publishes fail with
+   * `CONNECTION_CLOSED`. The returned promise resolves at `close` and never rejects.
+   */
+  close (): Promise<void>
+  /**
+   * Stops deliveries, waits for running Listener handlers and for-await
+   * bodies and their acks, waits until every publish is acknowledged, closes
+   * the subscriptions (durables keep their place), then closes.
+   */
+  drain (): Promise<void>
+  /** Resolves with the guid once the server stored the message; waits for room instead of throwing. */
+  publishAsync (subject: string, data?: Uint8Array | string | Buffer | null): Promise<string>
   /** True once `close()` was called or the connection ended. */
   isClosed (): boolean
   /**
@@ -209,3 +233,102 @@ export declare interface SubscriptionOptions {
   setManualAckMode (tf: boolean): SubscriptionOptions
   setDurableName (durableName: string): SubscriptionOptions
 }
+
+/** The Standard Schema v1 interface (zod, valibot, arktype... implement it); jetstan depends on none of them. */
+export interface StandardSchemaV1<Input = unknown, Output = Input> {
+  readonly '~standard': {
+    readonly version: 1
+    readonly vendor: string
+    readonly validate: (value: unknown) => StandardSchemaResult<Output> | Promise<StandardSchemaResult<Output>>
+    readonly types?: { readonly input: Input, readonly output: Output }
+  }
+}
+
+export type StandardSchemaResult<Output> =
+  | { readonly value: Output, readonly issues?: undefined }
+  | { readonly issues: ReadonlyArray<{ readonly message: string, readonly path?: ReadonlyArray<PropertyKey | { readonly key: PropertyKey }> }> }
+
+/** Turns event payloads into bytes and back. */
+export interface Codec<T = unknown> {
+  encode (value: T): string | Uint8Array
+  decode (bytes: Buffer): T
+}
+
+/**
+ * JSON, with Dates sent as `{"$date": ISO}` and Buffers as `{"$buffer": base64}`,
+ * both restored on decode.
+ */
+export declare const jsonCodec: Codec<any>
+
+/** One event type: its subject and its payload, as the ticketing-course `common` package declares them. */
+export interface BusEvent {
+  subject: string
+  data: unknown
+}
+
+/**
+ * Publishes one event type: set `subject` (and optionally `schema`, `codec`).
+ * `publish(data)` only accepts `T['data']`.
+ */
+export declare abstract class Publisher<T extends BusEvent> {
+  abstract subject: T['subject']
+  codec: Codec
+  /** Checked before sending; an invalid payload rejects with `INVALID_PAYLOAD`. */
+  schema?: StandardSchemaV1<unknown, T['data']>
+  protected client: Stan
+  constructor (client: Stan)
+  /** Resolves with the guid once the server stored the event. */
+  publish (data: T['data']): Promise<string>
+}
+
+/**
+ * Listens to one event type as a durable queue group (deliver all, manual
+ * ack). The message is acked after `onMessage` returns or its promise
+ * resolves; a throw or rejection emits `error` and leaves the message for
+ * redelivery after `ackWait`. A payload that fails to decode or to pass
+ * `schema` is emitted as `error` (`INVALID_PAYLOAD`, with `issues`) and
+ * terminated, so the server does not deliver it again.
+ */
+export declare abstract class Listener<T extends BusEvent> extends EventEmitter {
+  abstract subject: T['subject']
+  abstract queueGroupName: string
+  abstract onMessage (data: T['data'], msg: Message): void | Promise<void>
+  /** Milliseconds before an unacked message is redelivered (default 5000). */
+  ackWait: number
+  /** Handlers running at once (default 1, which keeps order). */
+  maxConcurrent: number
+  codec: Codec
+  schema?: StandardSchemaV1<unknown, T['data']>
+  subscription: Subscription | null
+  protected client: Stan
+  constructor (client: Stan)
+  subscriptionOptions (): SubscriptionOptions
+  /** Subscribes; resolves once the subscription is ready. */
+  listen (): Promise<this>
+  /** Stops listening; the durable queue group keeps its position. */
+  close (): void
+  on (event: 'error', listener: (err: StanError | Error) => void): this
+  on (event: string | symbol, listener: (...args: any[]) => void): this
+}
+
+export interface ListenOptions {
+  queueGroupName: string
+  ackWait?: number
+  maxConcurrent?: number
+}
+
+/** A typed bus over a map of subject → payload type. */
+export interface Bus<M extends Record<string, unknown>> {
+  readonly client: Stan
+  publish<K extends keyof M & string> (subject: K, data: M[K]): Promise<string>
+  listen<K extends keyof M & string> (
+    subject: K,
+    options: ListenOptions,
+    handler: (data: M[K], msg: Message) => void | Promise<void>
+  ): Promise<Listener<{ subject: K, data: M[K] }>>
+}
+
+export declare function createBus<M extends Record<string, unknown>> (
+  client: Stan,
+  options?: { codec?: Codec, schemas?: { [K in keyof M]?: StandardSchemaV1<unknown, M[K]> } }
+): Bus<M>

@@ -1,10 +1,12 @@
 'use strict'
 
-// node-nats-streaming 0.3.2's module surface: exactly these three exports at
-// runtime, plus the error class for `instanceof` checks.
-const { connect } = require('./lib/stan')
+// node-nats-streaming 0.3.2's module surface (version, connect,
+// StartPosition), then what jetstan adds: promise forms, the typed bus and
+// the error class.
+const { connect, connectAsync } = require('./lib/stan')
 const { StartPosition } = require('./lib/subscription')
 const { StanError } = require('./lib/errors')
+const { Publisher, Listener, createBus, jsonCodec } = require('./lib/bus')
 const { version } = require('./package.json')
 
-module.exports = { version, connect, StartPosition, StanError }
+module.exports = { version, connect, StartPosition, connectAsync, Publisher, Listener, createBus, jsonCodec, StanError }

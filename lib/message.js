@@ -14,6 +14,7 @@ class Message {
     this._batch = batch
     this._offset = offset
     this._length = length
+    this._deferAck = false
   }
 
   getSubject () { return this.subscription.subject }
@@ -34,6 +35,9 @@ class Message {
 
   /** Acks the message; a no-op once the subscription or connection is closed. */
   ack () { this.subscription._queueAck(this._ackId) }
+
+  /** Tells the server never to deliver this message again (a poison message). */
+  _terminate () { this.subscription._terminate(this._ackId) }
 }
 
 module.exports = { Message }

@@ -43,6 +43,8 @@ class Stan extends EventEmitter {
     this._nextToken = 0
     this._subs = new Map()
     this._nextSid = 0
+    this._closed = new Promise((resolve) => this.once('close', () => resolve()))
+    this._settledListeners = []
     try {
       this._native = new Connection(native, () => this._onWake())
     } catch (err) {
@@ -82,6 +84,16 @@ class Stan extends EventEmitter {
       this._waiting.push(entry)
     }
     return guid
+  }
+
+  /**
+   * Promise form of `publish`: resolves with the guid once the server stored
+   * the message. Beyond `maxPubAcksInflight` it waits for room, never throws.
+   */
+  publishAsync (subject, data) {
+    return new Promise((resolve, reject) => {
+      this.publish(subject, data, (err, guid) => (err ? reject(err) : resolve(guid)))
+    })
   }
 
   _failNow (err, cb) {
@@ -151,14 +163,46 @@ class Stan extends EventEmitter {
     this._subs.delete(sub._sid)
   }
 
-  /** Closes the connection; `close` follows once the native side has stopped. */
+  /**
+   * Stops deliveries, waits for running handlers (of Listeners and for-await
+   * loops) and their acks, waits for every publish to be acknowledged, then
+   * closes. Subscriptions are closed, so durables keep their position.
+   */
+  async drain () {
+    if (this._state >= CLOSING) return this._closed
+    const subs = [...this._subs.values()]
+    for (const sub of subs) sub._draining = true
+    await Promise.allSettled(subs.flatMap((sub) => [...sub._work]))
+    for (const sub of subs) sub._sendAcks()
+    await this._publishesSettled()
+    for (const sub of subs) {
+      if (!sub._closed && sub._native !== null) {
+        const ended = new Promise((resolve) => { sub.once('closed', resolve); sub.once('error', resolve) })
+        sub.close()
+        await ended
+      }
+    }
+    return this.close()
+  }
+
+  _publishesSettled () {
+    if (this._pending.size === 0 && this._waiting.length === 0) return Promise.resolve()
+    return new Promise((resolve) => this._settledListeners.push(resolve))
+  }
+
+  /**
+   * Closes the connection; `close` follows once the native side has
+   * stopped. Returns a promise of that moment (it never rejects), so
+   * `await sc.close()` works too.
+   */
   close () {
-    if (this._state >= CLOSING) return
+    if (this._state >= CLOSING) return this._closed
     // Acks made in this tick (say, just before close() in a handler) go first.
     for (const sub of this._subs.values()) sub._sendAcks()
     this._state = CLOSING
     this._failPending(closedError())
     this._native.close()
+    return this._closed
   }
 
   _failPending (err) {
@@ -168,6 +212,7 @@ class Stan extends EventEmitter {
     for (const entry of pending) {
       if (entry.cb !== undefined) entry.cb(err, entry.guid)
     }
+    this._notifySettled()
   }
 
   _onWake () {
@@ -242,6 +287,14 @@ class Stan extends EventEmitter {
       if (entry.cb !== undefined) entry.cb(fromNative(failure), entry.guid)
     }
     if (this._waiting.length > 0) this._sendWaiting()
+    this._notifySettled()
+  }
+
+  _notifySettled () {
+    if (this._pending.size > 0 || this._waiting.length > 0 || this._settledListeners.length === 0) return
+    const listeners = this._settledListeners
+    this._settledListeners = []
+    for (const resolve of listeners) resolve()
   }
 
   _onClosed () {
@@ -256,4 +309,15 @@ function connect (clusterID, clientID, opts) {
   return new Stan(clusterID, clientID, opts)
 }
 
-module.exports = { connect, Stan }
+/** Promise form of `connect`: resolves once connected, rejects with the connect error. */
+function connectAsync (clusterID, clientID, opts) {
+  return new Promise((resolve, reject) => {
+    const sc = new Stan(clusterID, clientID, opts)
+    const onError = (err) => { sc.off('connect', onConnect); reject(err) }
+    const onConnect = () => { sc.off('error', onError); resolve(sc) }
+    sc.once('connect', onConnect)
+    sc.once('error', onError)
+  })
+}
+
+module.exports = { connect, connectAsync, Stan }

@@ -107,6 +107,83 @@ class Subscription extends EventEmitter {
     this._acks = []
     this._ackScheduled = false
     this._flushAcks = () => this._sendAcks()
+    this._draining = false
+    this._work = new Set()
+  }
+
+  /**
+   * `for await (const msg of sub)`: messages in order. Unless the
+   * subscription is in manual-ack mode, a message is acked when the loop
+   * asks for the next one (so after its body ran); the loop ends when the
+   * subscription or connection closes, and throws the subscription's errors.
+   */
+  [Symbol.asyncIterator] () {
+    const queue = []
+    let waiting = null
+    let finished = false
+    let failure = null
+    let previous = null
+    const wake = () => {
+      if (waiting === null) return
+      const { resolve, reject } = waiting
+      waiting = null
+      if (failure !== null) reject(failure)
+      else if (queue.length > 0) resolve({ value: queue.shift(), done: false })
+      else resolve({ value: undefined, done: true })
+    }
+    const onMessage = (msg) => { msg._deferAck = true; queue.push(msg); wake() }
+    const onEnd = () => { finished = true; cleanup(); wake() }
+    const onError = (err) => { failure = err; cleanup(); wake() }
+    const stan = this.stanConnection
+    const cleanup = () => {
+      this.off('message', onMessage)
+      this.off('unsubscribed', onEnd)
+      this.off('closed', onEnd)
+      this.off('timeout', onError)
+      this.off('error', onError)
+      stan.off('close', onEnd)
+    }
+    this.on('message', onMessage)
+    this.once('unsubscribed', onEnd)
+    this.once('closed', onEnd)
+    this.once('timeout', onError)
+    this.once('error', onError)
+    stan.once('close', onEnd)
+    const settlePrevious = () => {
+      if (previous !== null && !this.opts.manualAcks) previous.ack()
+      previous = null
+    }
+    return {
+      next: () => {
+        settlePrevious()
+        if (queue.length > 0) {
+          previous = queue.shift()
+          return Promise.resolve({ value: previous, done: false })
+        }
+        if (failure !== null) return Promise.reject(failure)
+        if (finished) return Promise.resolve({ value: undefined, done: true })
+        return new Promise((resolve, reject) => {
+          waiting = {
+            resolve: (result) => { previous = result.done ? null : result.value; resolve(result) },
+            reject
+          }
+        })
+      },
+      return: () => {
+        settlePrevious()
+        cleanup()
+        return Promise.resolve({ value: undefined, done: true })
+      },
+      [Symbol.asyncIterator] () { return this }
+    }
+  }
+
+  /** Keeps `drain()` waiting until `promise` settles (a handler still running). */
+  _track (promise) {
+    this._work.add(promise)
+    const done = () => this._work.delete(promise)
+    promise.then(done, done)
+    return promise
   }
 
   isClosed () { return this._closed }
@@ -194,7 +271,7 @@ class Subscription extends EventEmitter {
   _deliver (batch, meta) {
     let offset = 0
     for (let i = 0; i < meta.length; i += META_STRIDE) {
-      if (this._closed) return
+      if (this._closed || this._draining) return
       const length = meta[i + 4]
       const msg = new Message(this, meta[i], meta[i + 1], meta[i + 2], meta[i + 3], batch, offset, length)
       offset += length
@@ -206,7 +283,7 @@ class Subscription extends EventEmitter {
         this._reportHandlerError(err)
       }
       // Read per message: 0.3.2 honours a change of manualAcks mid-stream.
-      if (handled && !this.opts.manualAcks) this._queueAck(meta[i])
+      if (handled && !this.opts.manualAcks && !msg._deferAck) this._queueAck(meta[i])
     }
   }
 
@@ -229,6 +306,11 @@ class Subscription extends EventEmitter {
       this._ackScheduled = true
       queueMicrotask(this._flushAcks)
     }
+  }
+
+  _terminate (ackId) {
+    if (this._closed || this._native === null || this.stanConnection.isClosed()) return
+    this._native.terminate(this._sid, Float64Array.of(ackId))
   }
 
   _sendAcks () {

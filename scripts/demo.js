@@ -62,7 +62,7 @@ async function main () {
     if (published !== 0 || listened !== 0) {
       throw new Error(`publisher exited with ${published}, listener with ${listened}`)
     }
-    console.log(`demo: ${EVENTS} events published and received`)
+    console.log(`demo: ${EVENTS} ticket:created and ${EVENTS} order:created events published and received`)
   } finally {
     clearTimeout(deadline)
     if (server !== null) {

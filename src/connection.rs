@@ -7,7 +7,7 @@ use napi::bindgen_prelude::{Either, Float64Array, Function, Uint8Array, Unknown}
 use napi_derive::napi;
 
 use crate::error::ErrorCode;
-use crate::jetstream::Session;
+use crate::jetstream::{AckKind, Session};
 use crate::options::{ConnectOptions, SubscribeOptions};
 use crate::outbox::{Outbox, Poll};
 
@@ -68,7 +68,14 @@ impl Connection {
     /// Acks delivered messages by the ack ids of their delivery batch.
     #[napi(catch_unwind)]
     pub fn ack(&self, sid: u32, ids: Float64Array) {
-        self.session.ack(sid, &ids);
+        self.session.settle(sid, &ids, AckKind::Ack);
+    }
+
+    /// Settles messages that can never be processed: the server will not
+    /// deliver them again.
+    #[napi(catch_unwind)]
+    pub fn terminate(&self, sid: u32, ids: Float64Array) {
+        self.session.settle(sid, &ids, AckKind::Term);
     }
 
     /// Everything that became ready since the last poll, in one crossing.

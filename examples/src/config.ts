@@ -1,10 +1,3 @@
 // Where the example services find NATS: NATS_URL, as every jetstan script honours.
 export const natsUrl = process.env.NATS_URL ?? 'nats://localhost:4222'
 export const clusterId = 'ticketing'
-export const channel = 'ticket:created'
-
-export interface TicketCreatedEvent {
-  id: string
-  title: string
-  price: number
-}

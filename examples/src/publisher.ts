@@ -1,33 +1,35 @@
-import nats from 'jetstan'
+import { connectAsync, Publisher } from 'jetstan'
 import { randomBytes } from 'node:crypto'
-import { channel, clusterId, natsUrl, TicketCreatedEvent } from './config'
+import { clusterId, natsUrl } from './config'
+import { OrderCreatedEvent, Subjects, TicketCreatedEvent } from './events'
+
+class TicketCreatedPublisher extends Publisher<TicketCreatedEvent> {
+  readonly subject = Subjects.TicketCreated
+}
+
+class OrderCreatedPublisher extends Publisher<OrderCreatedEvent> {
+  readonly subject = Subjects.OrderCreated
+}
 
 const count = Number(process.env.COUNT ?? 10)
 
-const stan = nats.connect(clusterId, `publisher-${randomBytes(4).toString('hex')}`, { url: natsUrl })
-
-function publish (data: TicketCreatedEvent): Promise<string> {
-  return new Promise((resolve, reject) => {
-    stan.publish(channel, JSON.stringify(data), (err, guid) => (err ? reject(err) : resolve(guid)))
-  })
+async function main (): Promise<void> {
+  const stan = await connectAsync(clusterId, `publisher-${randomBytes(4).toString('hex')}`, { url: natsUrl })
+  console.log(`Publisher connected to NATS at ${natsUrl}`)
+  const tickets = new TicketCreatedPublisher(stan)
+  const orders = new OrderCreatedPublisher(stan)
+  for (let i = 1; i <= count; i++) {
+    const ticket = { id: `ticket-${i}`, title: `concert #${i}`, price: 10 * i }
+    await tickets.publish(ticket)
+    console.log(`Event published: ${Subjects.TicketCreated} ${ticket.id}`)
+    const order = { id: `order-${i}`, ticketId: ticket.id, expiresAt: new Date(Date.now() + 15 * 60 * 1000) }
+    await orders.publish(order)
+    console.log(`Event published: ${Subjects.OrderCreated} ${order.id}`)
+  }
+  await stan.close()
 }
 
-stan.on('connect', async () => {
-  console.log(`Publisher connected to NATS at ${natsUrl}`)
-  try {
-    for (let i = 1; i <= count; i++) {
-      const ticket = { id: `ticket-${i}`, title: `concert #${i}`, price: 10 * i }
-      const guid = await publish(ticket)
-      console.log(`Event published: ${ticket.id} (guid ${guid})`)
-    }
-  } catch (err) {
-    console.error('Publish failed:', err)
-    process.exitCode = 1
-  }
-  stan.close()
-})
-
-stan.on('error', (err) => {
-  console.error(`NATS error: ${err.message}`)
+main().catch((err) => {
+  console.error('Publisher failed:', err)
   process.exitCode = 1
 })

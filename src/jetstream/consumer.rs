@@ -49,6 +49,27 @@ pub enum Stop {
     ConnectionClosed,
 }
 
+/// How a delivered message is settled with the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    /// Processed: never deliver again.
+    Ack,
+    /// Not processed: deliver again now.
+    Nak,
+    /// Unprocessable: never deliver again (a poison message).
+    Term,
+}
+
+impl AckKind {
+    pub fn payload(self) -> Bytes {
+        match self {
+            AckKind::Ack => Bytes::new(),
+            AckKind::Nak => Bytes::from_static(b"-NAK"),
+            AckKind::Term => Bytes::from_static(b"+TERM"),
+        }
+    }
+}
+
 /// Reply subjects of delivered, not yet acked messages, by ack id.
 #[derive(Default)]
 pub struct AckRegistry {
@@ -194,7 +215,16 @@ impl SubscriptionTask {
                     loop {
                         tokio::select! {
                             biased;
-                            reason = &mut stop => break 'life reason.unwrap_or(Stop::ConnectionClosed),
+                            reason = &mut stop => {
+                                // Messages already received but not yet read
+                                // are registered, so cleanup hands them back
+                                // instead of leaving them to ackWait.
+                                let mut unread = DeliveryBatch::default();
+                                while let Some(Some(more)) = messages.next().now_or_never() {
+                                    self.collect(more, &mut unread, &mut last_sequence);
+                                }
+                                break 'life reason.unwrap_or(Stop::ConnectionClosed);
+                            }
                             next = messages.next() => {
                                 let Some(first) = next else { break };
                                 let mut batch = DeliveryBatch::default();
@@ -453,10 +483,7 @@ impl SubscriptionTask {
     async fn release_unacked(&self) {
         let replies = self.registry.lock().take_all();
         for reply in replies {
-            let _ = self
-                .client
-                .publish(reply, Bytes::from_static(b"-NAK"))
-                .await;
+            let _ = self.client.publish(reply, AckKind::Nak.payload()).await;
         }
     }
 

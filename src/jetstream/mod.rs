@@ -6,4 +6,5 @@ mod publisher;
 mod session;
 pub mod streams;
 
+pub use consumer::AckKind;
 pub use session::Session;

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::consumer::{AckRegistry, Identity, Stop, SubscriptionTask};
+use super::consumer::{AckKind, AckRegistry, Identity, Stop, SubscriptionTask};
 use super::presence::{self, Answer, Presence};
 use super::publisher::{PublishRequest, Publisher};
 use super::streams::StreamCache;
@@ -43,7 +43,7 @@ struct Live {
     js: jetstream::Context,
     streams: Arc<StreamCache>,
     publish_tx: mpsc::UnboundedSender<PublishRequest>,
-    ack_tx: mpsc::UnboundedSender<Vec<Subject>>,
+    ack_tx: mpsc::UnboundedSender<(AckKind, Vec<Subject>)>,
     max_payload: usize,
     _client_id_claim: Presence,
     liveness: JoinHandle<()>,
@@ -444,7 +444,7 @@ impl Session {
         Ok(())
     }
 
-    pub fn ack(&self, sid: u32, ids: &[f64]) {
+    pub fn settle(&self, sid: u32, ids: &[f64], kind: AckKind) {
         let mut replies = Vec::with_capacity(ids.len());
         if let Some(handle) = self.subs.lock().get(&sid) {
             handle.registry.lock().take(ids, &mut replies);
@@ -454,7 +454,7 @@ impl Session {
         }
         if let Phase::Open(live) = &*self.phase.lock() {
             // After close the acks have nowhere to go; the server redelivers.
-            let _ = live.ack_tx.send(replies);
+            let _ = live.ack_tx.send((kind, replies));
         }
     }
 
@@ -551,10 +551,10 @@ async fn watch_liveness(
     }
 }
 
-async fn send_acks(client: Client, mut batches: mpsc::UnboundedReceiver<Vec<Subject>>) {
-    while let Some(batch) = batches.recv().await {
+async fn send_acks(client: Client, mut batches: mpsc::UnboundedReceiver<(AckKind, Vec<Subject>)>) {
+    while let Some((kind, batch)) = batches.recv().await {
         for reply in batch {
-            if client.publish(reply, Bytes::new()).await.is_err() {
+            if client.publish(reply, kind.payload()).await.is_err() {
                 // Unacked messages come back after ackWait; nothing is lost.
                 tracing::debug!("ack not sent: connection closing");
             }
