@@ -37,6 +37,58 @@ export declare class Connection {
   /** Everything that became ready since the last poll, in one crossing. */
   poll(): Poll
   close(): void
+  /**
+   * Creates (or with `update`, updates) a stream from its JSON config;
+   * resolves with the stream info as JSON.
+   */
+  streamAdd(config: string, update: boolean): Promise<string>
+  streamInfo(name: string): Promise<string>
+  streamDelete(name: string): Promise<void>
+  /** Infos of every stream, as a JSON array. */
+  streamList(): Promise<string>
+  consumerAdd(stream: string, config: string): Promise<string>
+  consumerInfo(stream: string, name: string): Promise<string>
+  consumerDelete(stream: string, name: string): Promise<void>
+  consumerList(stream: string): Promise<string>
+  /** Opens a KV bucket, creating it with `options` when `create` is set. */
+  keyValue(bucket: string, options: KvOptions | undefined | null, create: boolean): Promise<KeyValue>
+}
+
+export declare class KeyValue {
+  /** Stores `value` under `key`; resolves with the new revision. */
+  put(key: string, value: Buffer): Promise<number>
+  /** Stores `value` only if `key` has no value; fails with KEY_EXISTS otherwise. */
+  create(key: string, value: Buffer): Promise<number>
+  /** Compare-and-set: stores `value` only if `key` is still at `revision`. */
+  update(key: string, value: Buffer, revision: number): Promise<number>
+  /** The current entry of `key`, or null when it has none (or was deleted). */
+  get(key: string): Promise<KvEntry | null>
+  /** Marks `key` deleted (its history stays). */
+  delete(key: string): Promise<void>
+  /** Deletes `key` with its history. */
+  purge(key: string): Promise<void>
+  /** Keys that currently have a value. */
+  keys(): Promise<Array<string>>
+  /** Every stored revision of `key`, oldest first. */
+  history(key: string): Promise<Array<KvEntry>>
+  /** The bucket's stream info as JSON (values, bytes, history, ttl...). */
+  status(): Promise<string>
+  /**
+   * Watches `keys` (a pattern such as `orders.>`, or all when absent):
+   * current values first, then every change.
+   */
+  watch(keys?: string | undefined | null): Promise<KvWatcher>
+}
+
+export declare class KvWatcher {
+  /**
+   * The next change, or null once stopped or the connection closed. When
+   * the server loses the watch (a restart), it is re-established after the
+   * last revision seen, so no change is missed or repeated.
+   */
+  next(): Promise<KvEntry | null>
+  /** Ends the watch; a pending `next()` resolves with null. */
+  stop(): Promise<void>
 }
 
 /** Connection settings, already mapped from 0.3.2's option names. */
@@ -74,6 +126,31 @@ export interface Delivery {
   sid: number
   data: Buffer
   meta: Float64Array
+}
+
+export interface KvEntry {
+  bucket: string
+  key: string
+  value: Buffer
+  revision: number
+  /** Milliseconds since the epoch. */
+  created: number
+  /** `PUT`, `DEL` or `PURGE`. */
+  operation: string
+}
+
+/** Bucket settings for `kv(bucket, options)`; only used when the bucket is created. */
+export interface KvOptions {
+  description?: string
+  /** Values kept per key (1 to 64, default 1). */
+  history?: number
+  /** Milliseconds a value lives (0 = forever). */
+  ttlMs?: number
+  maxValueSize?: number
+  maxBytes?: number
+  /** `'file'` (default) or `'memory'`. */
+  storage?: string
+  replicas?: number
 }
 
 /** A lifecycle event for JS: `kind` names it, `sid` says which subscription. */

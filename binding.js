@@ -836,3 +836,5 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.Connection = nativeBinding.Connection
+module.exports.KeyValue = nativeBinding.KeyValue
+module.exports.KvWatcher = nativeBinding.KvWatcher

@@ -49,6 +49,7 @@ export type ErrorCode =
   | 'STREAM_NOT_FOUND' | 'STREAM_ERROR' | 'PUB_ACK_TIMEOUT' | 'PUBLISH_FAILED'
   | 'SUBSCRIBE_FAILED' | 'SUBSCRIBE_TIMEOUT' | 'SERVER_ERROR' | 'NATIVE_MISSING'
   | 'CLIENT_ID_IN_USE' | 'BAD_CLIENT_ID' | 'DUPLICATE_DURABLE' | 'CONNECTION_LOST' | 'INVALID_PAYLOAD'
+  | 'BAD_CONFIG' | 'CONSUMER_NOT_FOUND' | 'BUCKET_NOT_FOUND' | 'KEY_EXISTS' | 'WRONG_REVISION' | 'BAD_KEY'
 
 /** NATS connection options, as node-nats-streaming 0.3.2 forwarded them. */
 export interface ClientOpts {
@@ -187,6 +188,12 @@ export declare class Stan extends EventEmitter {
   drain (): Promise<void>
   /** Resolves with the guid once the server stored the message; waits for room instead of throwing. */
   publishAsync (subject: string, data?: Uint8Array | string | Buffer | null): Promise<string>
+  /** JetStream stream management, configs as the NATS CLI writes them. */
+  readonly streams: Streams
+  /** JetStream consumer management, configs as the NATS CLI writes them. */
+  readonly consumers: Consumers
+  /** Opens a KV bucket, creating it with `options` unless `create: false` (then `BUCKET_NOT_FOUND`). */
+  kv (bucket: string, options?: KVOptions): Promise<KV>
   /** True once `close()` was called or the connection ended. */
   isClosed (): boolean
   /**
@@ -332,3 +339,98 @@ export declare function createBus<M extends Record<string, unknown>> (
   client: Stan,
   options?: { codec?: Codec, schemas?: { [K in keyof M]?: StandardSchemaV1<unknown, M[K]> } }
 ): Bus<M>
+
+/**
+ * A stream or consumer config or info as the JetStream API and the NATS CLI
+ * write it: snake_case fields (`subjects`, `retention`, `max_msgs`,
+ * `max_age` in nanoseconds, `durable_name`, `ack_policy`, ...).
+ */
+export type JetStreamJson = Record<string, any>
+
+export interface Streams {
+  /** Creates a stream; resolves with its info. Invalid configs reject with `BAD_CONFIG`. */
+  add (config: JetStreamJson | string): Promise<JetStreamJson>
+  update (config: JetStreamJson | string): Promise<JetStreamJson>
+  /** Rejects with `STREAM_NOT_FOUND` for an unknown stream. */
+  info (name: string): Promise<JetStreamJson>
+  list (): Promise<JetStreamJson[]>
+  delete (name: string): Promise<void>
+}
+
+export interface Consumers {
+  /** Creates a consumer (named by `durable_name` or `name`) on `stream`; resolves with its info. */
+  add (stream: string, config: JetStreamJson | string): Promise<JetStreamJson>
+  /** Rejects with `CONSUMER_NOT_FOUND` for an unknown consumer. */
+  info (stream: string, name: string): Promise<JetStreamJson>
+  list (stream: string): Promise<JetStreamJson[]>
+  delete (stream: string, name: string): Promise<void>
+}
+
+export interface KVOptions {
+  /** Open only; reject with `BUCKET_NOT_FOUND` if absent (default: create). */
+  create?: boolean
+  description?: string
+  /** Values kept per key, 1 to 64 (default 1). */
+  history?: number
+  /** Milliseconds a value lives (default forever). */
+  ttl?: number
+  maxValueSize?: number
+  maxBytes?: number
+  storage?: 'file' | 'memory'
+  replicas?: number
+}
+
+export interface KVEntry<T = Buffer> {
+  bucket: string
+  key: string
+  value: T
+  revision: number
+  created: Date
+  operation: 'PUT' | 'DEL' | 'PURGE'
+}
+
+export interface KVStatus {
+  bucket: string
+  values: number
+  bytes: number
+  history: number
+  /** Milliseconds; 0 = forever. */
+  ttl: number
+  storage: string
+  replicas: number
+  streamInfo: JetStreamJson
+}
+
+export interface KVWatch<T = Buffer> extends AsyncIterableIterator<KVEntry<T>> {
+  /** Ends the watch; a pending `next()` resolves as done. */
+  stop (): Promise<IteratorResult<KVEntry<T>>>
+}
+
+export interface KV {
+  readonly bucket: string
+  /** Resolves with the new revision. */
+  put (key: string, value: string | Uint8Array): Promise<number>
+  /** Only if `key` has no value; otherwise rejects with `KEY_EXISTS`. */
+  create (key: string, value: string | Uint8Array): Promise<number>
+  /** Compare-and-set: rejects with `WRONG_REVISION` unless `key` is at `revision`. */
+  update (key: string, value: string | Uint8Array, revision: number): Promise<number>
+  /** The current value, or null if none (or deleted). */
+  get (key: string): Promise<KVEntry | null>
+  delete (key: string): Promise<void>
+  purge (key: string): Promise<void>
+  keys (): Promise<string[]>
+  history (key: string): Promise<KVEntry[]>
+  status (): Promise<KVStatus>
+  /** Current values, then every change; survives a server restart. */
+  watch (options?: { keys?: string }): KVWatch
+  /** A view that puts and gets values of type T through `codec` (JSON by default). */
+  typed<T = unknown> (codec?: Codec<T>): TypedKV<T>
+}
+
+export interface TypedKV<T> {
+  readonly raw: KV
+  put (key: string, value: T): Promise<number>
+  create (key: string, value: T): Promise<number>
+  update (key: string, value: T, revision: number): Promise<number>
+  get (key: string): Promise<KVEntry<T> | null>
+}

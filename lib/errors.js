@@ -30,10 +30,18 @@ function closedError () {
   return new StanError('CONNECTION_CLOSED', text.CONNECTION_CLOSED)
 }
 
-/** Native errors already carry `code`; give them our class so callers see one shape. */
+const CODE = /^[A-Z][A-Z_]*$/
+
+/**
+ * Native errors carry their stable code in `code` (sync calls and events) or,
+ * for rejected native promises, in `cause.message` (napi's async rejections
+ * only allow its own status codes). Either way callers get one shape.
+ */
 function fromNative (err) {
   if (err instanceof StanError) return err
-  const code = typeof err?.code === 'string' && err.code !== 'GenericFailure' ? err.code : 'INTERNAL'
+  let code = 'INTERNAL'
+  if (typeof err?.code === 'string' && CODE.test(err.code)) code = err.code
+  else if (typeof err?.cause?.message === 'string' && CODE.test(err.cause.message)) code = err.cause.message
   return new StanError(code, err?.message ?? String(err))
 }
 

@@ -6,6 +6,7 @@ const nuid = require('./nuid')
 const { parseConnectArgs } = require('./options')
 const { Subscription, SubscriptionOptions } = require('./subscription')
 const { stanError, closedError, fromNative, text } = require('./errors')
+const { Streams, Consumers, openKV } = require('./jetstream')
 
 const CONNECTING = 0
 const CONNECTED = 1
@@ -53,6 +54,15 @@ class Stan extends EventEmitter {
   }
 
   isClosed () { return this._state >= CLOSING }
+
+  /** Stream management (JetStream): `add`, `update`, `info`, `list`, `delete`. */
+  get streams () { return new Streams(this) }
+
+  /** Consumer management (JetStream): `add`, `info`, `list`, `delete`. */
+  get consumers () { return new Consumers(this) }
+
+  /** Opens a KV bucket, creating it (with `history`, `ttl`, ...) unless `create: false`. */
+  kv (bucket, options) { return openKV(this, bucket, options) }
 
   subscriptionOptions () { return new SubscriptionOptions() }
 

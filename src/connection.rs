@@ -7,7 +7,8 @@ use napi::bindgen_prelude::{Either, Float64Array, Function, Uint8Array, Unknown}
 use napi_derive::napi;
 
 use crate::error::ErrorCode;
-use crate::jetstream::{AckKind, Session};
+use crate::jetstream::{manage, AckKind, Session};
+use crate::kv::{self, KeyValue, KvOptions};
 use crate::options::{ConnectOptions, SubscribeOptions};
 use crate::outbox::{Outbox, Poll};
 
@@ -87,5 +88,72 @@ impl Connection {
     #[napi(catch_unwind)]
     pub fn close(&self) {
         self.session.close();
+    }
+
+    /// Creates (or with `update`, updates) a stream from its JSON config;
+    /// resolves with the stream info as JSON.
+    #[napi]
+    pub async fn stream_add(&self, config: String, update: bool) -> napi::Result<String> {
+        let js = self.session.jetstream()?;
+        Ok(manage::stream_add(&js, &config, update).await?.to_string())
+    }
+
+    #[napi]
+    pub async fn stream_info(&self, name: String) -> napi::Result<String> {
+        let js = self.session.jetstream()?;
+        Ok(manage::stream_info(&js, &name).await?.to_string())
+    }
+
+    #[napi]
+    pub async fn stream_delete(&self, name: String) -> napi::Result<()> {
+        let js = self.session.jetstream()?;
+        Ok(manage::stream_delete(&js, &name).await?)
+    }
+
+    /// Infos of every stream, as a JSON array.
+    #[napi]
+    pub async fn stream_list(&self) -> napi::Result<String> {
+        let js = self.session.jetstream()?;
+        Ok(serde_json::Value::from(manage::stream_list(&js).await?).to_string())
+    }
+
+    #[napi]
+    pub async fn consumer_add(&self, stream: String, config: String) -> napi::Result<String> {
+        let js = self.session.jetstream()?;
+        Ok(manage::consumer_add(&js, &stream, &config)
+            .await?
+            .to_string())
+    }
+
+    #[napi]
+    pub async fn consumer_info(&self, stream: String, name: String) -> napi::Result<String> {
+        let js = self.session.jetstream()?;
+        Ok(manage::consumer_info(&js, &stream, &name)
+            .await?
+            .to_string())
+    }
+
+    #[napi]
+    pub async fn consumer_delete(&self, stream: String, name: String) -> napi::Result<()> {
+        let js = self.session.jetstream()?;
+        Ok(manage::consumer_delete(&js, &stream, &name).await?)
+    }
+
+    #[napi]
+    pub async fn consumer_list(&self, stream: String) -> napi::Result<String> {
+        let js = self.session.jetstream()?;
+        Ok(serde_json::Value::from(manage::consumer_list(&js, &stream).await?).to_string())
+    }
+
+    /// Opens a KV bucket, creating it with `options` when `create` is set.
+    #[napi]
+    pub async fn key_value(
+        &self,
+        bucket: String,
+        options: Option<KvOptions>,
+        create: bool,
+    ) -> napi::Result<KeyValue> {
+        let js = self.session.jetstream()?;
+        Ok(kv::open(&js, bucket, options, create).await?)
     }
 }

@@ -27,6 +27,12 @@ pub enum ErrorCode {
     DuplicateDurable,
     ConnectionLost,
     SubscribeTimeout,
+    BadConfig,
+    ConsumerNotFound,
+    BucketNotFound,
+    KeyExists,
+    WrongRevision,
+    BadKey,
 }
 
 impl ErrorCode {
@@ -51,6 +57,12 @@ impl ErrorCode {
             ErrorCode::DuplicateDurable => "DUPLICATE_DURABLE",
             ErrorCode::ConnectionLost => "CONNECTION_LOST",
             ErrorCode::SubscribeTimeout => "SUBSCRIBE_TIMEOUT",
+            ErrorCode::BadConfig => "BAD_CONFIG",
+            ErrorCode::ConsumerNotFound => "CONSUMER_NOT_FOUND",
+            ErrorCode::BucketNotFound => "BUCKET_NOT_FOUND",
+            ErrorCode::KeyExists => "KEY_EXISTS",
+            ErrorCode::WrongRevision => "WRONG_REVISION",
+            ErrorCode::BadKey => "BAD_KEY",
         }
     }
 }
@@ -113,6 +125,20 @@ impl std::error::Error for JetstanError {}
 impl From<JetstanError> for napi::Error<ErrorCode> {
     fn from(err: JetstanError) -> Self {
         napi::Error::new(err.code, err.message)
+    }
+}
+
+/// Promise rejections of napi async functions can only carry napi's own
+/// `Status` as their code, so the stable code travels as the message of the
+/// error's `cause`, where the JS wrapper (`fromNative`) picks it up.
+impl From<JetstanError> for napi::Error {
+    fn from(err: JetstanError) -> Self {
+        let mut rejection = napi::Error::new(napi::Status::GenericFailure, err.message);
+        rejection.cause = Some(Box::new(napi::Error::new(
+            napi::Status::GenericFailure,
+            err.code.as_str(),
+        )));
+        rejection
     }
 }
 

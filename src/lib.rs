@@ -10,6 +10,7 @@
 pub mod connection;
 pub mod error;
 pub mod jetstream;
+pub mod kv;
 pub mod options;
 pub mod outbox;
 pub mod subject;

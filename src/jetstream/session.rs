@@ -458,6 +458,14 @@ impl Session {
         }
     }
 
+    /// The JetStream context of the open connection, for management calls.
+    pub fn jetstream(&self) -> Result<jetstream::Context> {
+        match &*self.phase.lock() {
+            Phase::Open(live) => Ok(live.js.clone()),
+            _ => Err(JetstanError::closed()),
+        }
+    }
+
     pub fn poll(&self) -> Poll {
         self.outbox.take()
     }
