@@ -44,7 +44,7 @@ class Stan extends EventEmitter {
     this._nextToken = 0
     this._subs = new Map()
     this._nextSid = 0
-    this._closed = new Promise((resolve) => this.once('close', () => resolve()))
+    this._whenClosed = new Promise((resolve) => this.once('close', () => resolve()))
     this._settledListeners = []
     try {
       this._native = new Connection(native, () => this._onWake())
@@ -179,7 +179,7 @@ class Stan extends EventEmitter {
    * closes. Subscriptions are closed, so durables keep their position.
    */
   async drain () {
-    if (this._state >= CLOSING) return this._closed
+    if (this._state >= CLOSING) return this._whenClosed
     const subs = [...this._subs.values()]
     for (const sub of subs) sub._draining = true
     await Promise.allSettled(subs.flatMap((sub) => [...sub._work]))
@@ -206,13 +206,13 @@ class Stan extends EventEmitter {
    * `await sc.close()` works too.
    */
   close () {
-    if (this._state >= CLOSING) return this._closed
+    if (this._state >= CLOSING) return this._whenClosed
     // Acks made in this tick (say, just before close() in a handler) go first.
     for (const sub of this._subs.values()) sub._sendAcks()
     this._state = CLOSING
     this._failPending(closedError())
     this._native.close()
-    return this._closed
+    return this._whenClosed
   }
 
   _failPending (err) {
