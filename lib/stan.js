@@ -3,6 +3,7 @@
 const { EventEmitter } = require('node:events')
 const { Connection } = require('./native')
 const nuid = require('./nuid')
+const { Fifo } = require('./fifo')
 const { parseConnectArgs } = require('./options')
 const { Subscription, SubscriptionOptions } = require('./subscription')
 const { stanError, closedError, fromNative, text } = require('./errors')
@@ -40,7 +41,7 @@ class Stan extends EventEmitter {
     this._state = CONNECTING
     this._maxInFlight = Math.max(1, Math.trunc(options.maxPubAcksInflight))
     this._pending = new Map()
-    this._waiting = []
+    this._waiting = new Fifo()
     this._nextToken = 0
     this._subs = new Map()
     this._nextSid = 0
@@ -129,11 +130,9 @@ class Stan extends EventEmitter {
   }
 
   _sendWaiting () {
-    let sent = 0
-    while (sent < this._waiting.length && this._pending.size < this._maxInFlight && this._state === CONNECTED) {
-      this._send(this._waiting[sent++], false)
+    while (this._waiting.length > 0 && this._pending.size < this._maxInFlight && this._state === CONNECTED) {
+      this._send(this._waiting.shift(), false)
     }
-    if (sent > 0) this._waiting.splice(0, sent)
   }
 
   /**
@@ -216,9 +215,8 @@ class Stan extends EventEmitter {
   }
 
   _failPending (err) {
-    const pending = [...this._pending.values(), ...this._waiting]
+    const pending = [...this._pending.values(), ...this._waiting.drain()]
     this._pending.clear()
-    this._waiting = []
     for (const entry of pending) {
       if (entry.cb !== undefined) entry.cb(err, entry.guid)
     }

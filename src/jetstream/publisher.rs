@@ -4,10 +4,11 @@
 //! and hands results to JS in batches.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{jetstream, Client, HeaderMap, Subscriber};
+use async_nats::{jetstream, Client, HeaderMap, Subject, Subscriber};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
@@ -52,6 +53,29 @@ pub struct Publisher {
     pub acks: Subscriber,
 }
 
+/// Tokens are sequential u32s chosen by us, so they are their own hash.
+#[derive(Default)]
+struct TokenHasher(u64);
+
+impl Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(*byte);
+        }
+    }
+
+    fn write_u32(&mut self, token: u32) {
+        self.0 = u64::from(token);
+    }
+}
+
+/// Channel of each publish awaiting its ack, by token.
+type InFlight = HashMap<u32, Subject, BuildHasherDefault<TokenHasher>>;
+
 #[derive(Default)]
 struct Results {
     acked: Vec<u32>,
@@ -60,7 +84,7 @@ struct Results {
 
 impl Publisher {
     pub async fn run(mut self, mut requests: mpsc::UnboundedReceiver<PublishRequest>) {
-        let mut in_flight: HashMap<u32, String> = HashMap::new();
+        let mut in_flight = InFlight::default();
         let mut deadlines: VecDeque<(Instant, u32)> = VecDeque::new();
         let mut results = Results::default();
         loop {
@@ -79,9 +103,13 @@ impl Publisher {
                 }
                 request = requests.recv() => {
                     let Some(request) = request else { break };
-                    self.send(request, &mut in_flight, &mut deadlines, &mut results).await;
+                    // One clock read per batch: publishes drained together share a deadline.
+                    let deadline = Instant::now() + self.ack_timeout;
+                    self.send(request, deadline, &mut in_flight, &mut deadlines, &mut results)
+                        .await;
                     while let Ok(request) = requests.try_recv() {
-                        self.send(request, &mut in_flight, &mut deadlines, &mut results).await;
+                        self.send(request, deadline, &mut in_flight, &mut deadlines, &mut results)
+                            .await;
                     }
                 }
                 _ = sleep_until(next_deadline) => {
@@ -116,7 +144,8 @@ impl Publisher {
     async fn send(
         &self,
         request: PublishRequest,
-        in_flight: &mut HashMap<u32, String>,
+        deadline: Instant,
+        in_flight: &mut InFlight,
         deadlines: &mut VecDeque<(Instant, u32)>,
         results: &mut Results,
     ) {
@@ -127,19 +156,16 @@ impl Publisher {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", request.guid.as_str());
         let reply = format!("{}.{}", self.reply_prefix, request.token);
+        // Bytes-backed: the clone for the publish is a reference count.
+        let subject = Subject::from(request.subject);
         let sent = self
             .client
-            .publish_with_reply_and_headers(
-                request.subject.clone(),
-                reply,
-                headers,
-                request.payload,
-            )
+            .publish_with_reply_and_headers(subject.clone(), reply, headers, request.payload)
             .await;
         match sent {
             Ok(()) => {
-                in_flight.insert(request.token, request.subject);
-                deadlines.push_back((Instant::now() + self.ack_timeout, request.token));
+                in_flight.insert(request.token, subject);
+                deadlines.push_back((deadline, request.token));
             }
             Err(err) => results.failed.push((
                 request.token,
@@ -148,12 +174,7 @@ impl Publisher {
         }
     }
 
-    fn settle(
-        &self,
-        ack: async_nats::Message,
-        in_flight: &mut HashMap<u32, String>,
-        results: &mut Results,
-    ) {
+    fn settle(&self, ack: async_nats::Message, in_flight: &mut InFlight, results: &mut Results) {
         let Some(token) = ack
             .subject
             .rsplit('.')
