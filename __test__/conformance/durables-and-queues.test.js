@@ -205,7 +205,6 @@ describe('acks and flow control', () => {
       sc.subscriptionOptions().setDeliverAllAvailable().setManualAckMode(true).setMaxInFlight(3))
     const received = []
     sub.on('message', (msg) => received.push(msg))
-    await once(sub, 'ready')
     await collect(sub, 3)
     await quietPeriod(500)
     assert.equal(received.length, 3)
