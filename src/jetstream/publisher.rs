@@ -69,7 +69,9 @@ impl Hasher for TokenHasher {
     }
 
     fn write_u32(&mut self, token: u32) {
-        self.0 = u64::from(token);
+        // Spread sequential tokens over the high bits too, which hashbrown
+        // uses to filter probes.
+        self.0 = u64::from(token).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
