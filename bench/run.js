@@ -126,7 +126,7 @@ async function main () {
   if (!quick) {
     const doc = `# Benchmark results\n\nMeasured ${new Date().toISOString().slice(0, 10)} by \`npm run bench\` on ${machine(serverVersion)}.\n` +
       `Medians of ${ROUNDS} interleaved rounds (rss and subs: one round); min–max per figure are in the JSON lines the bench prints.\n\n` +
-      `${table}\n`
+      `${table}\n\nWhat the figures mean against the targets, with profiles: bench/ANALYSIS.md.\n`
     fs.writeFileSync(path.join(__dirname, 'RESULTS.md'), doc)
     console.log('\nwrote bench/RESULTS.md')
   }
