@@ -73,14 +73,6 @@ impl AsRef<str> for ErrorCode {
     }
 }
 
-impl From<napi::Status> for ErrorCode {
-    // napi's own failures (argument conversion) are the caller handing us a
-    // wrong type, which is what BAD_OPTION/BAD_DATA mean to the JS wrapper.
-    fn from(_: napi::Status) -> Self {
-        ErrorCode::BadOption
-    }
-}
-
 /// Messages node-nats-streaming 0.3.2 users match on.
 pub mod text {
     pub const CONNECTION_CLOSED: &str = "stan: Connection closed";

@@ -23,9 +23,6 @@ use crate::error::JetstanError;
 /// Node alive the way a socket does; released by [`Outbox::release`].
 pub type WakeFn = ThreadsafeFunction<(), Unknown<'static>, (), Status, false>;
 
-/// Values per delivered message in [`Delivery::meta`].
-pub const META_STRIDE: usize = 5;
-
 #[derive(Debug)]
 pub enum Event {
     Connected,
