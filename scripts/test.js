@@ -13,9 +13,10 @@ function main () {
   run('cargo', ['clippy', '--all-targets', '--quiet', '--', '-D', 'warnings'])
   run('cargo', ['test', '--quiet', '--lib'])
   run(path.join(ROOT, 'node_modules', '.bin', 'tsc'), ['--noEmit', '-p', 'tsconfig.json'])
-  run(process.execPath, ['--test', '--test-concurrency=2', '__test__/'])
   // The benchmark's smoke run: proves it still works, measures nothing.
   run(process.execPath, [path.join(ROOT, 'bench', 'run.js'), '--quick'])
+  // Last, so the test runner's summary closes the output.
+  run(process.execPath, ['--test', '--test-concurrency=2', '__test__/'])
 }
 
 try {
