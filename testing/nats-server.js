@@ -161,6 +161,28 @@ class NatsServer {
     await exited
   }
 
+  /**
+   * Freezes the server (SIGSTOP) and resolves once the kernel reports it
+   * stopped: the signal lands asynchronously, and a server still running for
+   * a moment would answer what a test expects to go unanswered.
+   */
+  async freeze () {
+    process.kill(this.pid, 'SIGSTOP')
+    const tasks = `/proc/${this.pid}/task`
+    // Field 3 of a thread's stat is its state; T means stopped. Every thread
+    // has to be, not just the first.
+    const stopped = () => fs.readdirSync(tasks).every((tid) =>
+      fs.readFileSync(`${tasks}/${tid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] === 'T')
+    const deadline = Date.now() + START_TIMEOUT_MS
+    for (;;) {
+      if (stopped()) return
+      if (Date.now() > deadline) throw new Error(`nats-server ${this.pid} did not stop`)
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+  }
+
+  thaw () { process.kill(this.pid, 'SIGCONT') }
+
   /** Stops the process (by PID) and keeps the store; `start()` brings it back on the same port. */
   async stopProcess () { await this._kill() }
 

@@ -90,13 +90,13 @@ test('a publish whose ack does not come within ackTimeout fails with PUB_ACK_TIM
   const sc = await connect({ ackTimeout: 300 })
   const channel = unique('ackto')
   await publish(sc, channel, 'stream exists')
-  process.kill(server.pid, 'SIGSTOP')
+  await server.freeze()
   try {
     const err = await new Promise((resolve) => sc.publish(channel, 'lost in a frozen server', resolve))
     assert.equal(err.code, 'PUB_ACK_TIMEOUT')
     assert.equal(err.message, 'stan: publish ack timeout')
   } finally {
-    process.kill(server.pid, 'SIGCONT')
+    server.thaw()
   }
   await publish(sc, channel, 'works again')
 })
@@ -108,8 +108,8 @@ test('L1: connection_lost when pings go unanswered, between (M+1)·I and (M+2)·
   const closed = once(sc, 'close', { rejectOnError: false })
   const lost = once(sc, 'connection_lost', { rejectOnError: false, timeoutMs: 15000 })
   sc.on('error', () => {})
+  await server.freeze()
   const frozenAt = Date.now()
-  process.kill(server.pid, 'SIGSTOP')
   try {
     const err = await lost
     const elapsed = Date.now() - frozenAt
@@ -118,7 +118,7 @@ test('L1: connection_lost when pings go unanswered, between (M+1)·I and (M+2)·
     assert.ok(elapsed >= maxOut * interval, `lost after ${elapsed} ms`)
     assert.ok(elapsed <= (maxOut + 3) * interval, `lost after ${elapsed} ms`)
   } finally {
-    process.kill(server.pid, 'SIGCONT')
+    server.thaw()
   }
   await closed
   assert.equal(sc.isClosed(), true)
