@@ -220,29 +220,38 @@ impl SubscriptionTask {
                                 // are registered, so cleanup hands them back
                                 // instead of leaving them to ackWait.
                                 let mut unread = DeliveryBatch::default();
+                                let mut registry = self.registry.lock();
                                 while let Some(Some(more)) = messages.next().now_or_never() {
-                                    self.collect(more, &mut unread, &mut last_sequence);
+                                    self.collect(more, &mut unread, &mut last_sequence, &mut registry);
                                 }
+                                drop(registry);
                                 break 'life reason.unwrap_or(Stop::ConnectionClosed);
                             }
                             next = messages.next() => {
                                 let Some(first) = next else { break };
                                 let mut batch = DeliveryBatch::default();
-                                if !self.collect(first, &mut batch, &mut last_sequence) {
+                                // One registry lock per batch; nothing below awaits.
+                                let consumer_lost = {
+                                    let mut registry = self.registry.lock();
+                                    let mut lost = !self.collect(first, &mut batch, &mut last_sequence, &mut registry);
+                                    for _ in 1..DELIVERY_BATCH {
+                                        if lost {
+                                            break;
+                                        }
+                                        match messages.next().now_or_never() {
+                                            Some(Some(more)) => {
+                                                lost = !self.collect(more, &mut batch, &mut last_sequence, &mut registry);
+                                            }
+                                            _ => break,
+                                        }
+                                    }
+                                    lost
+                                };
+                                self.outbox.push_deliveries(sid, batch);
+                                if consumer_lost {
                                     break;
                                 }
                                 attempt = 0;
-                                for _ in 1..DELIVERY_BATCH {
-                                    match messages.next().now_or_never() {
-                                        Some(Some(more)) => {
-                                            if !self.collect(more, &mut batch, &mut last_sequence) {
-                                                break;
-                                            }
-                                        }
-                                        _ => break,
-                                    }
-                                }
-                                self.outbox.push_deliveries(sid, batch);
                             }
                         }
                     }
@@ -291,6 +300,7 @@ impl SubscriptionTask {
         next: Result<jetstream::Message, consumer::pull::MessagesError>,
         batch: &mut DeliveryBatch,
         last_sequence: &mut u64,
+        registry: &mut AckRegistry,
     ) -> bool {
         let message = match next {
             Ok(message) => message,
@@ -319,7 +329,7 @@ impl SubscriptionTask {
             return true;
         };
         *last_sequence = (*last_sequence).max(sequence);
-        let ack_id = self.registry.lock().register(reply);
+        let ack_id = registry.register(reply);
         batch.push(
             ack_id,
             sequence,
