@@ -120,6 +120,10 @@ export interface ConnectOptions {
   stanMaxPingOut?: number
   /** Keep retrying an unreachable server instead of failing the first connect. */
   waitOnFirstConnect?: boolean
+  /** `jetstream` (default) or `stan` (a nats-streaming-server). */
+  backend?: string
+  /** Where a nats-streaming-server listens for connects (`stan` backend). */
+  discoverPrefix?: string
 }
 
 export interface Delivery {

@@ -8,6 +8,7 @@ const { after, before } = require('node:test')
 const crypto = require('node:crypto')
 const stan = require('..')
 const { startServer } = require('../testing/nats-server')
+const { StanDouble } = require('../testing/stan-double/server')
 
 const CLUSTER = 'test-cluster'
 // The conformance files run against whichever backend BACKEND names.
@@ -71,20 +72,32 @@ function publish (sc, subject, data) {
 }
 
 /**
+ * What the backend under test needs on top of nats-server at `url`: for
+ * BACKEND=stan the STAN test double (a JS server-side of the protocol,
+ * independent of jetstan's Rust client); nothing for jetstream.
+ */
+async function startBackend (url) {
+  if (process.env.BACKEND !== 'stan') return { reachable: async () => {}, stop: async () => {} }
+  return new StanDouble({ url, clusterID: CLUSTER }).start()
+}
+
+/**
  * Starts a server for the calling test file (unless NATS_URL is set) and
  * returns a context whose `url` is valid inside tests. Every connection made
  * through `ctx.connect` is closed after the file.
  */
 function useServer ({ extraArgs } = {}) {
-  const ctx = { url: process.env.NATS_URL, server: null, open: new Set() }
+  const ctx = { url: process.env.NATS_URL, server: null, backend: null, open: new Set() }
   before(async () => {
     if (ctx.url === undefined || extraArgs !== undefined) {
       ctx.server = await startServer({ extraArgs })
       ctx.url = ctx.server.url
     }
+    ctx.backend = await startBackend(ctx.url)
   })
   after(async () => {
     await Promise.all([...ctx.open].map(closeQuietly))
+    await ctx.backend?.stop()
     if (ctx.server !== null) await ctx.server.stop()
   })
   ctx.connect = async (opts = {}, clientID = unique('client')) => {
@@ -104,4 +117,4 @@ async function closeQuietly (sc) {
   await closed
 }
 
-module.exports = { CLUSTER, BACKEND_OPTIONS, unique, once, collect, publish, quietPeriod, useServer, closeQuietly, stan }
+module.exports = { CLUSTER, BACKEND_OPTIONS, startBackend, unique, once, collect, publish, quietPeriod, useServer, closeQuietly, stan }

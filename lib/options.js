@@ -114,9 +114,6 @@ function parseConnectArgs (clusterID, clientID, opts) {
   if (!BACKENDS.includes(options.backend)) {
     throw badOption(`unknown backend '${options.backend}' (expected one of ${BACKENDS.join(', ')})`)
   }
-  if (options.backend === 'stan') {
-    throw badOption("backend 'stan' (the legacy nats-streaming-server protocol) is not available yet; use the default 'jetstream'")
-  }
   if (options.tls !== undefined && options.tls !== false) {
     throw badOption("option 'tls' is not supported yet")
   }
@@ -139,7 +136,9 @@ function parseConnectArgs (clusterID, clientID, opts) {
     autoCreateStreams: options.autoCreateStreams,
     stanPingIntervalMs: Math.ceil(options.stanPingInterval),
     stanMaxPingOut: Math.max(1, Math.trunc(options.stanMaxPingOut)),
-    waitOnFirstConnect: options.waitOnFirstConnect
+    waitOnFirstConnect: options.waitOnFirstConnect,
+    backend: options.backend,
+    discoverPrefix: options.discoverPrefix
   }
   return { options, native }
 }

@@ -226,8 +226,10 @@ class Stan extends EventEmitter {
   _onWake () {
     const poll = this._native.poll()
     let closed = false
+    let closeError
     for (const event of poll.events) {
       if (event.kind === 'close') closed = true
+      else if (event.kind === 'close_error') closeError = fromNative(event)
       else this._onEvent(event)
     }
     for (const delivery of poll.deliveries) {
@@ -235,7 +237,7 @@ class Stan extends EventEmitter {
       if (sub !== undefined && !sub._closed) sub._deliver(delivery.data, delivery.meta)
     }
     this._settle(poll.acked, poll.failed)
-    if (closed) this._onClosed()
+    if (closed) this._onClosed(closeError)
   }
 
   _onEvent (event) {
@@ -305,11 +307,13 @@ class Stan extends EventEmitter {
     for (const resolve of listeners) resolve()
   }
 
-  _onClosed () {
+  /** `closeError`: the server refused the close request (0.3.2 passes it to `close`). */
+  _onClosed (closeError) {
     this._state = CLOSED
     this._failPending(closedError())
     this._subs.clear()
-    this.emit('close')
+    if (closeError === undefined) this.emit('close')
+    else this.emit('close', closeError)
   }
 }
 

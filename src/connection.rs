@@ -1,20 +1,42 @@
 //! The napi class behind a `Stan` object. It converts arguments and forwards
-//! to the backend session; the logic lives in `jetstream/`.
+//! to the backend's session; the logic lives in `jetstream/` and `stan/`.
 
 use std::sync::Arc;
 
 use napi::bindgen_prelude::{Either, Float64Array, Function, Uint8Array, Unknown};
 use napi_derive::napi;
 
-use crate::error::ErrorCode;
-use crate::jetstream::{manage, AckKind, Session};
+use crate::error::{ErrorCode, JetstanError, Result};
+use crate::jetstream::{self, manage, AckKind};
 use crate::kv::{self, KeyValue, KvOptions};
 use crate::options::{ConnectOptions, SubscribeOptions};
 use crate::outbox::{Outbox, Poll};
+use crate::stan;
+
+/// The session behind the 0.3.2 API, on one of the two backends.
+enum Backend {
+    JetStream(Arc<jetstream::Session>),
+    Stan(Arc<stan::Session>),
+}
+
+impl Backend {
+    fn start(options: ConnectOptions, outbox: Arc<Outbox>) -> Result<Backend> {
+        match options.backend.as_deref().unwrap_or("jetstream") {
+            "jetstream" => Ok(Backend::JetStream(jetstream::Session::start(
+                options, outbox,
+            )?)),
+            "stan" => Ok(Backend::Stan(stan::Session::start(options, outbox)?)),
+            other => Err(JetstanError::new(
+                ErrorCode::BadOption,
+                format!("stan: unknown backend '{other}' (expected jetstream or stan)"),
+            )),
+        }
+    }
+}
 
 #[napi]
 pub struct Connection {
-    session: Arc<Session>,
+    backend: Backend,
 }
 
 #[napi]
@@ -33,8 +55,8 @@ impl Connection {
             .build()
             .map_err(|err| napi::Error::new(ErrorCode::BadOption, err.reason.clone()))?;
         let outbox = Arc::new(Outbox::new(wake));
-        let session = Session::start(options, outbox)?;
-        Ok(Connection { session })
+        let backend = Backend::start(options, outbox)?;
+        Ok(Connection { backend })
     }
 
     /// Queues a publish; its outcome arrives through `poll()` under `token`.
@@ -51,75 +73,97 @@ impl Connection {
             Either::A(text) => text.as_bytes(),
             Either::B(bytes) => bytes,
         };
-        Ok(self.session.publish(subject, payload, token, guid)?)
+        Ok(match &self.backend {
+            Backend::JetStream(session) => session.publish(subject, payload, token, guid),
+            Backend::Stan(session) => session.publish(subject, payload, token, guid),
+        }?)
     }
 
     #[napi(catch_unwind)]
     pub fn subscribe(&self, sid: u32, options: SubscribeOptions) -> napi::Result<(), ErrorCode> {
-        Ok(self.session.subscribe(sid, options)?)
+        Ok(match &self.backend {
+            Backend::JetStream(session) => session.subscribe(sid, options),
+            Backend::Stan(session) => session.subscribe(sid, options),
+        }?)
     }
 
     /// `close: true` keeps durable state (`Subscription.close()`), `false`
     /// removes it (`Subscription.unsubscribe()`).
     #[napi(catch_unwind)]
     pub fn unsubscribe(&self, sid: u32, close: bool) -> napi::Result<(), ErrorCode> {
-        Ok(self.session.unsubscribe(sid, close)?)
+        Ok(match &self.backend {
+            Backend::JetStream(session) => session.unsubscribe(sid, close),
+            Backend::Stan(session) => session.unsubscribe(sid, close),
+        }?)
     }
 
     /// Acks delivered messages by the ack ids of their delivery batch.
     #[napi(catch_unwind)]
     pub fn ack(&self, sid: u32, ids: Float64Array) {
-        self.session.settle(sid, &ids, AckKind::Ack);
+        self.settle(sid, &ids, AckKind::Ack);
     }
 
     /// Settles messages that can never be processed: the server will not
     /// deliver them again.
     #[napi(catch_unwind)]
     pub fn terminate(&self, sid: u32, ids: Float64Array) {
-        self.session.settle(sid, &ids, AckKind::Term);
+        self.settle(sid, &ids, AckKind::Term);
+    }
+
+    fn settle(&self, sid: u32, ids: &[f64], kind: AckKind) {
+        match &self.backend {
+            Backend::JetStream(session) => session.settle(sid, ids, kind),
+            Backend::Stan(session) => session.settle(sid, ids),
+        }
     }
 
     /// Everything that became ready since the last poll, in one crossing.
     #[napi(catch_unwind)]
     pub fn poll(&self) -> Poll {
-        self.session.poll()
+        match &self.backend {
+            Backend::JetStream(session) => session.poll(),
+            Backend::Stan(session) => session.poll(),
+        }
     }
 
     #[napi(catch_unwind)]
     pub fn close(&self) {
-        self.session.close();
+        match &self.backend {
+            Backend::JetStream(session) => session.close(),
+            Backend::Stan(session) => session.close(),
+        }
     }
 
     /// Creates (or with `update`, updates) a stream from its JSON config;
     /// resolves with the stream info as JSON.
     #[napi]
     pub async fn stream_add(&self, config: String, update: bool) -> napi::Result<String> {
-        let js = self.session.jetstream()?;
+        let js = self.jetstream()?;
         Ok(manage::stream_add(&js, &config, update).await?.to_string())
     }
 
     #[napi]
     pub async fn stream_info(&self, name: String) -> napi::Result<String> {
-        let js = self.session.jetstream()?;
+        let js = self.jetstream()?;
         Ok(manage::stream_info(&js, &name).await?.to_string())
     }
 
     #[napi]
     pub async fn stream_delete(&self, name: String) -> napi::Result<()> {
-        let js = self.session.jetstream()?;
+        let js = self.jetstream()?;
         Ok(manage::stream_delete(&js, &name).await?)
     }
 
     /// Infos of every stream, as a JSON array.
     #[napi]
     pub async fn stream_list(&self) -> napi::Result<String> {
-        let js = self.session.jetstream()?;
+        let js = self.jetstream()?;
         Ok(serde_json::Value::from(manage::stream_list(&js).await?).to_string())
     }
 
     #[napi]
     pub async fn consumer_add(&self, stream: String, config: String) -> napi::Result<String> {
-        let js = self.session.jetstream()?;
+        let js = self.jetstream()?;
         Ok(manage::consumer_add(&js, &stream, &config)
             .await?
             .to_string())
@@ -127,7 +171,7 @@ impl Connection {
 
     #[napi]
     pub async fn consumer_info(&self, stream: String, name: String) -> napi::Result<String> {
-        let js = self.session.jetstream()?;
+        let js = self.jetstream()?;
         Ok(manage::consumer_info(&js, &stream, &name)
             .await?
             .to_string())
@@ -135,13 +179,13 @@ impl Connection {
 
     #[napi]
     pub async fn consumer_delete(&self, stream: String, name: String) -> napi::Result<()> {
-        let js = self.session.jetstream()?;
+        let js = self.jetstream()?;
         Ok(manage::consumer_delete(&js, &stream, &name).await?)
     }
 
     #[napi]
     pub async fn consumer_list(&self, stream: String) -> napi::Result<String> {
-        let js = self.session.jetstream()?;
+        let js = self.jetstream()?;
         Ok(serde_json::Value::from(manage::consumer_list(&js, &stream).await?).to_string())
     }
 
@@ -153,7 +197,18 @@ impl Connection {
         options: Option<KvOptions>,
         create: bool,
     ) -> napi::Result<KeyValue> {
-        let js = self.session.jetstream()?;
+        let js = self.jetstream()?;
         Ok(kv::open(&js, bucket, options, create).await?)
+    }
+
+    /// Streams, consumers and KV exist only on JetStream.
+    fn jetstream(&self) -> Result<async_nats::jetstream::Context> {
+        match &self.backend {
+            Backend::JetStream(session) => session.jetstream(),
+            Backend::Stan(_) => Err(JetstanError::new(
+                ErrorCode::NotSupported,
+                "stan: streams, consumers and KV need the jetstream backend",
+            )),
+        }
     }
 }

@@ -33,6 +33,7 @@ pub enum ErrorCode {
     KeyExists,
     WrongRevision,
     BadKey,
+    NotSupported,
 }
 
 impl ErrorCode {
@@ -63,6 +64,7 @@ impl ErrorCode {
             ErrorCode::KeyExists => "KEY_EXISTS",
             ErrorCode::WrongRevision => "WRONG_REVISION",
             ErrorCode::BadKey => "BAD_KEY",
+            ErrorCode::NotSupported => "NOT_SUPPORTED",
         }
     }
 }

@@ -35,6 +35,10 @@ pub struct ConnectOptions {
     pub stan_max_ping_out: Option<u32>,
     /// Keep retrying an unreachable server instead of failing the first connect.
     pub wait_on_first_connect: Option<bool>,
+    /// `jetstream` (default) or `stan` (a nats-streaming-server).
+    pub backend: Option<String>,
+    /// Where a nats-streaming-server listens for connects (`stan` backend).
+    pub discover_prefix: Option<String>,
 }
 
 impl ConnectOptions {

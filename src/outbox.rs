@@ -37,6 +37,8 @@ pub enum Event {
     SubError(u32, JetstanError),
     SubUnsubscribed(u32),
     SubClosed(u32),
+    /// The server refused or ignored the close request; `Closed` follows.
+    CloseFailed(JetstanError),
     Closed,
 }
 
@@ -252,6 +254,7 @@ impl From<Event> for NativeEvent {
             Event::SubError(sid, err) => failed("sub_error", Some(sid), err),
             Event::SubUnsubscribed(sid) => plain("unsubscribed", Some(sid)),
             Event::SubClosed(sid) => plain("closed", Some(sid)),
+            Event::CloseFailed(err) => failed("close_error", None, err),
             Event::Closed => plain("close", None),
         }
     }

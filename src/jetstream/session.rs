@@ -2,11 +2,11 @@
 //! the subscriptions, and the order in which they start and stop.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use async_nats::{jetstream, Client, Event as NatsEvent, Subject};
+use async_nats::{jetstream, Client, Subject};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -17,6 +17,7 @@ use super::presence::{self, Answer, Presence};
 use super::publisher::{PublishRequest, Publisher};
 use super::streams::StreamCache;
 use crate::error::{text, ErrorCode, JetstanError, Result};
+use crate::link::{self, LinkOwner, LinkPhase};
 use crate::options::{ConnectOptions, SubscribeOptions};
 use crate::outbox::{Event, Outbox, Poll};
 use crate::subject::{validate_channel, validate_client_id};
@@ -121,26 +122,8 @@ impl Session {
         let options = &self.options;
         validate_client_id(&options.client_id)?;
         let timeout = options.connect_timeout();
-        let waits = self.waits_on_first_connect();
-        let nats = self.nats_options();
-        let connecting = async {
-            if waits {
-                nats.retry_on_initial_connect()
-                    .connect(options.server_urls()?)
-                    .await
-            } else {
-                nats.connect(options.server_urls()?).await
-            }
-            .map_err(|err| {
-                JetstanError::new(
-                    ErrorCode::ConnectFailed,
-                    format!("Could not connect to server: {err}"),
-                )
-            })
-        };
-        let client = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| JetstanError::new(ErrorCode::ConnectTimeout, text::CONNECT_TIMEOUT))??;
+        let waits = link::waits_on_first_connect(options);
+        let client = link::connect(self).await?;
         let js = jetstream::new(client.clone());
         if waits {
             self.wait_until_reachable(&js).await?;
@@ -244,10 +227,6 @@ impl Session {
         napi::bindgen_prelude::spawn(async move { session.finish_close(Some(live)).await });
     }
 
-    fn waits_on_first_connect(&self) -> bool {
-        self.options.wait_on_first_connect == Some(true)
-    }
-
     /// With `waitOnFirstConnect`, the client retries in the background; the
     /// STAN connect happens once the server answers, unless close() came first.
     async fn wait_until_reachable(&self, js: &jetstream::Context) -> Result<()> {
@@ -265,91 +244,6 @@ impl Session {
 
     fn is_open(&self) -> bool {
         matches!(*self.phase.lock(), Phase::Open(_))
-    }
-
-    fn nats_options(self: &Arc<Self>) -> async_nats::ConnectOptions {
-        let options = &self.options;
-        let mut nats = async_nats::ConnectOptions::new()
-            .connection_timeout(options.connect_timeout())
-            // async-nats counts the first connect as an attempt; 0.3.2 does not.
-            .max_reconnects(match options.max_reconnect_attempts {
-                Some(n) if n >= 0 => Some(n as usize + 1),
-                _ => None,
-            });
-        if options.no_randomize == Some(true) {
-            nats = nats.retain_servers_order();
-        }
-        if let Some(name) = &options.name {
-            nats = nats.name(name);
-        }
-        if let (Some(user), Some(pass)) = (&options.user, &options.pass) {
-            nats = nats.user_and_password(user.clone(), pass.clone());
-        } else if let Some(token) = &options.token {
-            nats = nats.token(token.clone());
-        }
-        let wait = Duration::from_millis(u64::from(options.reconnect_time_wait_ms.unwrap_or(2000)));
-        let session = Arc::downgrade(self);
-        let pool_size = options.servers.len().max(1);
-        // Called before every connection attempt; the count restarts after
-        // each successful connect. 0.3.2 waits `reconnectTimeWait` between
-        // attempts to the same server, so the first pass through the pool
-        // goes without waiting. Every attempt after the first is 0.3.2's
-        // `reconnecting`.
-        nats = nats.reconnect_delay_callback(move |attempt| {
-            if attempt <= 1 {
-                return Duration::ZERO;
-            }
-            if let Some(session) = session.upgrade() {
-                let connecting = matches!(*session.phase.lock(), Phase::Connecting);
-                if session.is_open() || (connecting && session.waits_on_first_connect()) {
-                    session.outbox.push_event(Event::Reconnecting);
-                }
-            }
-            if attempt <= pool_size {
-                Duration::ZERO
-            } else {
-                wait
-            }
-        });
-        let session = Arc::downgrade(self);
-        nats.event_callback(move |event| {
-            let session = Weak::clone(&session);
-            async move {
-                if let Some(session) = session.upgrade() {
-                    session.on_nats_event(event);
-                }
-            }
-        })
-    }
-
-    fn on_nats_event(self: &Arc<Self>, event: NatsEvent) {
-        if !matches!(*self.phase.lock(), Phase::Open(_) | Phase::Connecting) {
-            return;
-        }
-        let forwarded = match event {
-            NatsEvent::Connected => {
-                // The first Connected is the initial connect, reported as `connect`.
-                if !self.connected_once.swap(true, Ordering::AcqRel) {
-                    return;
-                }
-                Event::Reconnected
-            }
-            NatsEvent::Disconnected => Event::Disconnected,
-            // NATS gave up reconnecting (maxReconnectAttempts): 0.3.2 emits a
-            // plain `close`.
-            NatsEvent::Closed | NatsEvent::ClientError(async_nats::ClientError::MaxReconnects) => {
-                self.end_from_server(None);
-                return;
-            }
-            // Client-side I/O errors while reconnecting are what `disconnect`
-            // and `reconnecting` already report; as `error` events they would
-            // trip applications that treat `error` as fatal.
-            NatsEvent::ServerError(err) => {
-                Event::Error(JetstanError::new(ErrorCode::ServerError, err.to_string()))
-            }
-            _ => return,
-        };
-        self.outbox.push_event(forwarded);
     }
 
     /// Queues a publish whose `Nats-Msg-Id` is `guid`. Fails synchronously on a closed connection, a bad
@@ -567,5 +461,31 @@ async fn send_acks(client: Client, mut batches: mpsc::UnboundedReceiver<(AckKind
                 tracing::debug!("ack not sent: connection closing");
             }
         }
+    }
+}
+
+impl LinkOwner for Session {
+    fn options(&self) -> &ConnectOptions {
+        &self.options
+    }
+
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    fn link_phase(&self) -> LinkPhase {
+        match *self.phase.lock() {
+            Phase::Connecting => LinkPhase::Connecting,
+            Phase::Open(_) => LinkPhase::Open,
+            Phase::Closing | Phase::Closed => LinkPhase::Ending,
+        }
+    }
+
+    fn connected_once(&self) -> &AtomicBool {
+        &self.connected_once
+    }
+
+    fn nats_gave_up(self: Arc<Self>) {
+        self.end_from_server(None);
     }
 }

@@ -77,7 +77,15 @@ class StanDouble {
   }
 
   async start () {
-    this.nc = await connect({ servers: this.url, name: `stan-double-${this.clusterID}` })
+    // Like a real streaming server's embedded client: reconnect for as long
+    // as it takes, so tests may stop and restart nats-server under it.
+    this.nc = await connect({
+      servers: this.url,
+      name: `stan-double-${this.clusterID}`,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 50
+    })
+    this._watchConnection()
     const handle = (subject, fn) => this.nc.subscribe(subject, {
       callback: (err, msg) => {
         if (err) return
@@ -93,6 +101,24 @@ class StanDouble {
     handle(this.subjects.closeRequests, (m) => this._close(m))
     await this.nc.flush()
     return this
+  }
+
+  /** Resolves once the double's own NATS connection is up (after a server restart). */
+  async reachable () {
+    await this._up
+    await this.nc.flush()
+  }
+
+  _watchConnection () {
+    let markUp = () => {}
+    this._up = Promise.resolve()
+    const watch = async () => {
+      for await (const status of this.nc.status()) {
+        if (status.type === 'disconnect') this._up = new Promise((resolve) => { markUp = resolve })
+        else if (status.type === 'reconnect') markUp()
+      }
+    }
+    watch().catch(() => {})
   }
 
   async stop () {

@@ -1,0 +1,6 @@
+'use strict'
+
+// The conformance scenarios of ../conformance/durables-and-queues.test.js on the stan
+// backend, against the STAN test double (testing/stan-double).
+process.env.BACKEND = 'stan'
+require('../conformance/durables-and-queues.test.js')
