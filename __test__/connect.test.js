@@ -127,7 +127,7 @@ describe('bad connect arguments throw BAD_OPTION', () => {
     ['a non-binary encoding', () => stan.connect(CLUSTER, 'c', { encoding: 'utf8' })],
     ['a JS NATS connection in nc', () => stan.connect(CLUSTER, 'c', { nc: {} })],
     ['an unknown backend', () => stan.connect(CLUSTER, 'c', { backend: 'kafka' })],
-    ["the not yet available 'stan' backend", () => stan.connect(CLUSTER, 'c', { backend: 'stan' })],
+    ['a discoverPrefix that is not a string', () => stan.connect(CLUSTER, 'c', { backend: 'stan', discoverPrefix: 5 })],
     ['an unsupported URL scheme', () => stan.connect(CLUSTER, 'c', 'ftp://host:21')],
     ['options of the wrong type', () => stan.connect(CLUSTER, 'c', true)]
   ]

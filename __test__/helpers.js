@@ -6,13 +6,18 @@
 
 const { after, before } = require('node:test')
 const crypto = require('node:crypto')
-const stan = require('..')
+// BACKEND=original: the original node-nats-streaming 0.3.2 (error shapes
+// adapted, see testing/original.js) on the STAN test double.
+const ORIGINAL = process.env.BACKEND === 'original'
+const stan = ORIGINAL ? require('../testing/original') : require('..')
 const { startServer } = require('../testing/nats-server')
 const { StanDouble } = require('../testing/stan-double/server')
 
 const CLUSTER = 'test-cluster'
 // The conformance files run against whichever backend BACKEND names.
-const BACKEND_OPTIONS = process.env.BACKEND ? { backend: process.env.BACKEND } : {}
+const BACKEND_OPTIONS = process.env.BACKEND && !ORIGINAL ? { backend: process.env.BACKEND } : {}
+/** Runs on the STAN test double (jetstan's stan backend, or the original client). */
+const ON_DOUBLE = process.env.BACKEND === 'stan' || ORIGINAL
 const EVENT_TIMEOUT_MS = 10000
 
 function unique (prefix) {
@@ -73,11 +78,11 @@ function publish (sc, subject, data) {
 
 /**
  * What the backend under test needs on top of nats-server at `url`: for
- * BACKEND=stan the STAN test double (a JS server-side of the protocol,
+ * BACKEND=stan and BACKEND=original the STAN test double (a JS server-side of the protocol,
  * independent of jetstan's Rust client); nothing for jetstream.
  */
 async function startBackend (url) {
-  if (process.env.BACKEND !== 'stan') return { reachable: async () => {}, stop: async () => {} }
+  if (!ON_DOUBLE) return { reachable: async () => {}, stop: async () => {} }
   return new StanDouble({ url, clusterID: CLUSTER }).start()
 }
 
@@ -117,4 +122,4 @@ async function closeQuietly (sc) {
   await closed
 }
 
-module.exports = { CLUSTER, BACKEND_OPTIONS, startBackend, unique, once, collect, publish, quietPeriod, useServer, closeQuietly, stan }
+module.exports = { CLUSTER, BACKEND_OPTIONS, ORIGINAL, ON_DOUBLE, startBackend, unique, once, collect, publish, quietPeriod, useServer, closeQuietly, stan }

@@ -95,7 +95,8 @@ class Subscription extends EventEmitter {
     super()
     this.stanConnection = stan
     this.subject = subject
-    this.qGroup = qGroup || undefined
+    // As given: 0.3.2 keeps '' (which means no group) as ''.
+    this.qGroup = qGroup
     this.opts = opts
     this.inbox = `_JSTAN.${stan.clientID}.${sid}`
     this.ackInbox = undefined

@@ -3,7 +3,7 @@
 const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const net = require('node:net')
-const { useServer, once, unique, publish, collect, quietPeriod, stan, CLUSTER, BACKEND_OPTIONS } = require('../helpers')
+const { useServer, once, unique, publish, collect, quietPeriod, stan, CLUSTER, BACKEND_OPTIONS, ORIGINAL } = require('../helpers')
 
 const ctx = useServer()
 
@@ -62,7 +62,8 @@ test('C7/C8: a servers list with dead entries still connects, randomized or not'
   }
 })
 
-test('S5: with no options the URL is nats://localhost:4222', () => {
+// The original keeps retrying an absent localhost:4222 and never emits close.
+test('S5: with no options the URL is nats://localhost:4222', { skip: ORIGINAL && 'the original never gives up here' }, () => {
   const sc = stan.connect(CLUSTER, unique('defaults'), { ...BACKEND_OPTIONS, connectTimeout: 100 })
   sc.on('error', () => {})
   assert.equal(sc.options.url, 'nats://localhost:4222')
@@ -72,7 +73,7 @@ test('S5: with no options the URL is nats://localhost:4222', () => {
   return once(sc, 'close', { rejectOnError: false })
 })
 
-test('maxPubAcksInFlight (capital F) is accepted as jetstan spelling', async () => {
+test('maxPubAcksInFlight (capital F) is accepted as jetstan spelling', { skip: ORIGINAL && 'a jetstan alias' }, async () => {
   const sc = await ctx.connect({ maxPubAcksInFlight: 7 })
   assert.equal(sc.options.maxPubAcksInflight, 7)
 })
@@ -81,7 +82,7 @@ test('B30: an empty group string means no group; after close() nothing more arri
   const sc = await ctx.connect()
   const channel = unique('b30')
   const sub = sc.subscribe(channel, '', sc.subscriptionOptions())
-  assert.equal(sub.qGroup, undefined)
+  assert.equal(sub.qGroup, '')
   await once(sub, 'ready')
   let count = 0
   sub.on('message', () => {

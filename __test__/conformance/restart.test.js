@@ -6,7 +6,7 @@
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { startServer } = require('../../testing/nats-server')
-const { once, unique, publish, collect, stan, startBackend, CLUSTER, BACKEND_OPTIONS } = require('../helpers')
+const { once, unique, publish, collect, stan, startBackend, CLUSTER, BACKEND_OPTIONS, ON_DOUBLE, ORIGINAL } = require('../helpers')
 
 let server
 let backend
@@ -29,6 +29,8 @@ after(async () => {
 })
 
 async function connect (opts = {}) {
+  // A STAN server is a NATS client too: after a restart it may be back after us.
+  await backend.reachable()
   const sc = stan.connect(CLUSTER, unique('restart'), { url: server.url, reconnectTimeWait: 50, ...BACKEND_OPTIONS, ...opts })
   open.add(sc)
   await once(sc, 'connect')
@@ -110,7 +112,7 @@ test('a publish whose ack does not come within ackTimeout fails with PUB_ACK_TIM
 
 test('L1: connection_lost when pings go unanswered, between (M+1)·I and (M+2)·I, then close', async () => {
   // STAN carries the ping interval in whole seconds (0.3.2 rounds up).
-  const interval = process.env.BACKEND === 'stan' ? 1000 : 300
+  const interval = ON_DOUBLE ? 1000 : 300
   const maxOut = 2
   const sc = await connect({ stanPingInterval: interval, stanMaxPingOut: maxOut })
   const closed = once(sc, 'close', { rejectOnError: false })
@@ -129,7 +131,8 @@ test('L1: connection_lost when pings go unanswered, between (M+1)·I and (M+2)·
     server.thaw()
   }
   await closed
-  assert.equal(sc.isClosed(), true)
+  // 0.3.2's isClosed() looks at a NATS connection it keeps after connection_lost.
+  if (!ORIGINAL) assert.equal(sc.isClosed(), true)
 })
 
 test('B18: a subscription request the server cannot answer within connectTimeout emits timeout', async () => {
@@ -157,7 +160,7 @@ test('C9: when reconnect attempts run out, the connection emits close', async ()
   await server.stopProcess()
   try {
     await closed
-    assert.equal(sc.isClosed(), true)
+    if (!ORIGINAL) assert.equal(sc.isClosed(), true)
     assert.ok(events.includes('disconnect'))
     assert.ok(events.includes('reconnecting'))
   } finally {
@@ -165,7 +168,10 @@ test('C9: when reconnect attempts run out, the connection emits close', async ()
   }
 })
 
-test('C6: waitOnFirstConnect keeps trying an absent server, then connects when it appears', async () => {
+// 0.3.2 sends its one connect request the moment NATS is up; the STAN
+// server, reconnecting too, may not be listening yet.
+const C6_SKIP = ORIGINAL && 'the original does not retry its connect request'
+test('C6: waitOnFirstConnect keeps trying an absent server, then connects when it appears', { skip: C6_SKIP }, async () => {
   await server.stopProcess()
   const sc = stan.connect(CLUSTER, unique('patient'), {
     url: server.url, waitOnFirstConnect: true, reconnectTimeWait: 50, ...BACKEND_OPTIONS

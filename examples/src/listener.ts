@@ -1,6 +1,6 @@
 import { connectAsync, Listener, Message } from 'jetstan'
 import { randomBytes } from 'node:crypto'
-import { clusterId, natsUrl } from './config'
+import { clusterId, connectOptions, natsUrl } from './config'
 import { OrderCreatedEvent, Subjects, TicketCreatedEvent } from './events'
 
 // For the demo: leave after this many events of each kind. A real service runs until stopped.
@@ -37,7 +37,7 @@ function finishIfDone (): void {
 }
 
 async function main (): Promise<void> {
-  const stan = await connectAsync(clusterId, `listener-${randomBytes(4).toString('hex')}`, { url: natsUrl })
+  const stan = await connectAsync(clusterId, `listener-${randomBytes(4).toString('hex')}`, connectOptions)
   console.log(`Listener connected to NATS at ${natsUrl}`)
   stan.on('close', () => console.log('NATS connection closed'))
   // drain() lets running handlers finish and ack before the connection closes.

@@ -1,6 +1,6 @@
 import { connectAsync, Publisher } from 'jetstan'
 import { randomBytes } from 'node:crypto'
-import { clusterId, natsUrl } from './config'
+import { clusterId, connectOptions, natsUrl } from './config'
 import { OrderCreatedEvent, Subjects, TicketCreatedEvent } from './events'
 
 class TicketCreatedPublisher extends Publisher<TicketCreatedEvent> {
@@ -14,7 +14,7 @@ class OrderCreatedPublisher extends Publisher<OrderCreatedEvent> {
 const count = Number(process.env.COUNT ?? 10)
 
 async function main (): Promise<void> {
-  const stan = await connectAsync(clusterId, `publisher-${randomBytes(4).toString('hex')}`, { url: natsUrl })
+  const stan = await connectAsync(clusterId, `publisher-${randomBytes(4).toString('hex')}`, connectOptions)
   console.log(`Publisher connected to NATS at ${natsUrl}`)
   const tickets = new TicketCreatedPublisher(stan)
   const orders = new OrderCreatedPublisher(stan)

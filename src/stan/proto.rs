@@ -287,4 +287,100 @@ mod tests {
             Some(CloseResponse::default())
         );
     }
+
+    /// xorshift64*: enough randomness for a fuzz loop without a dependency.
+    struct Noise(u64);
+
+    impl Noise {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+
+        fn bytes(&mut self, len: usize) -> Vec<u8> {
+            (0..len).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    /// Every frame the server can send us goes through one of these.
+    fn decode_all(frame: &[u8]) {
+        let _ = MsgProto::decode(frame);
+        let _ = PubAck::decode(frame);
+        let _ = ConnectResponse::decode(frame);
+        let _ = SubscriptionResponse::decode(frame);
+        let _ = PingResponse::decode(frame);
+        let _ = CloseResponse::decode(frame);
+    }
+
+    #[test]
+    fn decoders_survive_random_and_mutated_frames() {
+        let mut noise = Noise(0x9E37_79B9_7F4A_7C15);
+        let valid = MsgProto {
+            sequence: 42,
+            subject: "orders.created".into(),
+            data: Bytes::from_static(b"{\"id\":1}"),
+            timestamp: 1_700_000_000_000_000_000,
+            redelivered: true,
+            redelivery_count: 3,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut failures = 0;
+        for round in 0..5000 {
+            let frame = if round % 2 == 0 {
+                let len = noise.below(64);
+                noise.bytes(len)
+            } else {
+                let mut frame = valid.clone();
+                for _ in 0..=noise.below(4) {
+                    match noise.below(3) {
+                        0 if !frame.is_empty() => {
+                            let at = noise.below(frame.len());
+                            frame[at] = noise.next() as u8;
+                        }
+                        1 => frame.truncate(noise.below(frame.len())),
+                        _ => {
+                            let at = noise.below(frame.len());
+                            let extra = noise.below(8);
+                            let bytes = noise.bytes(extra);
+                            frame.splice(at..at, bytes);
+                        }
+                    }
+                }
+                frame
+            };
+            decode_all(&frame);
+            if MsgProto::decode(&frame[..]).is_err() {
+                failures += 1;
+            }
+        }
+        // The loop really produced both kinds of input.
+        assert!(failures > 100 && failures < 5000, "{failures} failures");
+    }
+
+    #[test]
+    fn random_messages_survive_a_round_trip() {
+        let mut noise = Noise(7);
+        for _ in 0..1000 {
+            let len = noise.below(40);
+            let message = MsgProto {
+                sequence: noise.next(),
+                subject: format!("ch.{}", noise.next()),
+                reply: String::new(),
+                data: Bytes::from(noise.bytes(len)),
+                timestamp: noise.next() as i64,
+                redelivered: noise.next().is_multiple_of(2),
+                redelivery_count: noise.next() as u32,
+                crc32: 0,
+            };
+            let decoded = MsgProto::decode(Bytes::from(message.encode_to_vec()));
+            assert_eq!(decoded.ok(), Some(message));
+        }
+    }
 }

@@ -73,6 +73,7 @@ class StanDouble {
     this.clients = new Map() // clientID -> client
     this.channels = new Map() // name -> { msgs: [], first, last, subs: Set, groups: Map }
     this.durables = new Map() // `${clientID}-${channel}-${durable}` -> offline sub state
+    this.faults = new Map() // frame type -> fault for the next such frame
     this.nc = null
   }
 
@@ -129,8 +130,25 @@ class StanDouble {
     await this.nc?.close()
   }
 
+  /**
+   * Test knob (§11.2): the next frame of `type` (a reply or a MsgProto) is
+   * replaced: `{ raw }` sends those bytes instead (malformed frames),
+   * `{ error }` sets its error field, `{ silent: true }` drops it.
+   */
+  injectNext (type, fault) {
+    this.faults.set(type, fault)
+  }
+
   _reply (msg, type, body) {
-    if (msg.reply) this.nc.publish(msg.reply, encode(type, body))
+    if (msg.reply) this._sendFrame(msg.reply, type, body)
+  }
+
+  _sendFrame (subject, type, body) {
+    const fault = this.faults.get(type)
+    if (fault === undefined) return this.nc.publish(subject, encode(type, body))
+    this.faults.delete(type)
+    if (fault.silent) return
+    this.nc.publish(subject, fault.raw ?? encode(type, { ...body, error: fault.error }))
   }
 
   // ---------------------------------------------------------------- connect
@@ -338,7 +356,7 @@ class StanDouble {
     if (redelivered) counts.set(sequence, count)
     sub.pending.set(sequence, Date.now() + sub.ackWaitMs)
     if (sub.group !== null) sub.group.pending.set(sequence, sub)
-    this.nc.publish(sub.inbox, encode('MsgProto', { ...stored, redelivered, redeliveryCount: count }))
+    this._sendFrame(sub.inbox, 'MsgProto', { ...stored, redelivered, redeliveryCount: count })
     this._armTimer(sub)
   }
 
@@ -428,6 +446,12 @@ class StanDouble {
     if (sub.durableKey !== null && keep) {
       this.durables.set(sub.durableKey, { lastSent: sub.lastSent, pending: sub.pending, counts: sub.counts })
     }
+  }
+
+  /** Test knob: unregisters a client without telling it (as a replacement or a server restart would). */
+  forget (clientID) {
+    const client = this.clients.get(clientID)
+    if (client !== undefined) this._dropClient(client)
   }
 
   _dropClient (client) {

@@ -1,0 +1,7 @@
+'use strict'
+
+// The conformance scenarios of ../conformance/durables-and-queues.test.js run by the
+// original node-nats-streaming 0.3.2 against the STAN test double: what
+// proves the double (and the scenarios) right. See testing/original.js.
+process.env.BACKEND = 'original'
+require('../conformance/durables-and-queues.test.js')
