@@ -50,6 +50,7 @@ export type ErrorCode =
   | 'SUBSCRIBE_FAILED' | 'SUBSCRIBE_TIMEOUT' | 'SERVER_ERROR' | 'NATIVE_MISSING'
   | 'CLIENT_ID_IN_USE' | 'BAD_CLIENT_ID' | 'DUPLICATE_DURABLE' | 'CONNECTION_LOST' | 'INVALID_PAYLOAD'
   | 'BAD_CONFIG' | 'CONSUMER_NOT_FOUND' | 'BUCKET_NOT_FOUND' | 'KEY_EXISTS' | 'WRONG_REVISION' | 'BAD_KEY'
+  | 'NOT_SUPPORTED'
 
 /** NATS connection options, as node-nats-streaming 0.3.2 forwarded them. */
 export interface ClientOpts {
@@ -94,6 +95,7 @@ export interface StanOptions extends ClientOpts {
   connectTimeout?: number
   /** Milliseconds a publish waits for the server's ack (default 30000). */
   ackTimeout?: number
+  /** Where a nats-streaming-server listens for connects (`backend: 'stan'`; default `_STAN.discover`). */
   discoverPrefix?: string
   /**
    * Most publishes awaiting their ack (default 16384). Beyond it, publishes
@@ -110,7 +112,11 @@ export interface StanOptions extends ClientOpts {
   stanPingInterval?: number
   /** Not supported: jetstan owns its NATS connection. Passing one throws `BAD_OPTION`. */
   nc?: never
-  /** `'jetstream'` (default). `'stan'`, the legacy protocol, is not available yet. */
+  /**
+   * `'jetstream'` (default): STAN semantics on NATS JetStream. `'stan'`: the
+   * legacy protocol, to a nats-streaming-server; streams, consumers and KV
+   * then reject with `NOT_SUPPORTED`.
+   */
   backend?: 'jetstream' | 'stan'
   /**
    * Create a stream for a channel that no stream captures (default true).

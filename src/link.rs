@@ -13,6 +13,24 @@ use crate::error::{text, ErrorCode, JetstanError, Result};
 use crate::options::ConnectOptions;
 use crate::outbox::{Event, Outbox};
 
+/// Where a session is; `L` is what it holds while open.
+pub enum Phase<L> {
+    Connecting,
+    Open(Box<L>),
+    Closing,
+    Closed,
+}
+
+impl<L> Phase<L> {
+    pub fn link_phase(&self) -> LinkPhase {
+        match self {
+            Phase::Connecting => LinkPhase::Connecting,
+            Phase::Open(_) => LinkPhase::Open,
+            Phase::Closing | Phase::Closed => LinkPhase::Ending,
+        }
+    }
+}
+
 /// Where the owning session is, as far as NATS events are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkPhase {

@@ -32,12 +32,7 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// live holder answers within milliseconds; "no responders" comes at once.
 const CLIENT_ID_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-enum Phase {
-    Connecting,
-    Open(Box<Live>),
-    Closing,
-    Closed,
-}
+type Phase = link::Phase<Live>;
 
 struct Live {
     client: Client,
@@ -474,11 +469,7 @@ impl LinkOwner for Session {
     }
 
     fn link_phase(&self) -> LinkPhase {
-        match *self.phase.lock() {
-            Phase::Connecting => LinkPhase::Connecting,
-            Phase::Open(_) => LinkPhase::Open,
-            Phase::Closing | Phase::Closed => LinkPhase::Ending,
-        }
+        self.phase.lock().link_phase()
     }
 
     fn connected_once(&self) -> &AtomicBool {

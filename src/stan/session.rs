@@ -45,12 +45,7 @@ pub struct Routes {
     pub close_requests: String,
 }
 
-enum Phase {
-    Connecting,
-    Open(Box<Live>),
-    Closing,
-    Closed,
-}
+type Phase = link::Phase<Live>;
 
 struct Live {
     client: Client,
@@ -489,11 +484,7 @@ impl LinkOwner for Session {
     }
 
     fn link_phase(&self) -> LinkPhase {
-        match *self.phase.lock() {
-            Phase::Connecting => LinkPhase::Connecting,
-            Phase::Open(_) => LinkPhase::Open,
-            Phase::Closing | Phase::Closed => LinkPhase::Ending,
-        }
+        self.phase.lock().link_phase()
     }
 
     fn connected_once(&self) -> &AtomicBool {
