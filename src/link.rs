@@ -66,11 +66,15 @@ pub async fn connect<O: LinkOwner>(owner: &Arc<O>) -> Result<Client> {
         } else {
             nats.connect(urls).await
         }
-        .map_err(|err| {
-            JetstanError::new(
+        .map_err(|err| match err.kind() {
+            // async-nats's own timer (the same connectTimeout) may fire first.
+            async_nats::ConnectErrorKind::TimedOut => {
+                JetstanError::new(ErrorCode::ConnectTimeout, text::CONNECT_TIMEOUT)
+            }
+            _ => JetstanError::new(
                 ErrorCode::ConnectFailed,
                 format!("Could not connect to server: {err}"),
-            )
+            ),
         })
     };
     tokio::time::timeout(options.connect_timeout(), connecting)
