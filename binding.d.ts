@@ -20,7 +20,13 @@ export declare class Connection {
    * Queues a publish; its outcome arrives through `poll()` under `token`.
    * `guid` becomes the `Nats-Msg-Id`, so a retried publish is stored once.
    */
-  publish(subject: string, data: string | Uint8Array, token: number, guid: string): void
+  publish(subject: string, data: Uint8Array, token: number, guid: string): void
+  /**
+   * `publish` for string data. A separate entry point rather than an
+   * `Either`: napi checks an `Either`'s variants in turn and builds an
+   * error message for every miss, which cost more than the publish itself.
+   */
+  publishText(subject: string, data: string, token: number, guid: string): void
   subscribe(sid: number, options: SubscribeOptions): void
   /**
    * `close: true` keeps durable state (`Subscription.close()`), `false`

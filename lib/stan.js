@@ -118,7 +118,8 @@ class Stan extends EventEmitter {
     const token = this._nextToken
     this._nextToken = (token + 1) >>> 0
     try {
-      this._native.publish(entry.subject, entry.payload, token, entry.guid)
+      if (typeof entry.payload === 'string') this._native.publishText(entry.subject, entry.payload, token, entry.guid)
+      else this._native.publish(entry.subject, entry.payload, token, entry.guid)
     } catch (err) {
       const error = fromNative(err)
       if (throwOnError) throw error

@@ -7,7 +7,6 @@
 //! durable, channel); a queue group one named from (cluster, group, durable,
 //! channel), shared by its members, who each pull from it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use tokio::sync::oneshot;
 use super::presence::{self, Answer, Presence};
 use super::streams::{consumer_name, StreamCache};
 use crate::error::{ErrorCode, JetstanError};
+use crate::id_map::IdMap;
 use crate::options::{start_position, SubscribeOptions};
 use crate::outbox::{DeliveryBatch, Event, Outbox};
 
@@ -74,7 +74,7 @@ impl AckKind {
 #[derive(Default)]
 pub struct AckRegistry {
     next_id: u64,
-    replies: HashMap<u64, Subject>,
+    replies: IdMap<u64, Subject>,
 }
 
 impl AckRegistry {

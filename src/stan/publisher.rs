@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::proto::{PubAck, PubMsg};
 use super::session::Routes;
 use super::{malformed, server_error, Request};
+use crate::deadline::sleep_until;
 use crate::error::{text, ErrorCode, JetstanError};
 use crate::outbox::Outbox;
 
@@ -160,12 +161,5 @@ impl Pending {
             }
             self.deadlines.pop_front();
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

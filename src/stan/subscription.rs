@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{Client, Subscriber};
-use bytes::Bytes;
+use async_nats::{Client, Subject, Subscriber};
+use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -94,7 +94,7 @@ impl SubscriptionTask {
 
     /// Subscribes the delivery inbox first, so nothing the server sends
     /// right after its answer is lost, then asks for the subscription.
-    async fn start(&self) -> Result<(Subscriber, String)> {
+    async fn start(&self) -> Result<(Subscriber, Subject)> {
         let options = &self.options;
         let inbox_subject = self.client.new_inbox();
         let inbox = self
@@ -129,7 +129,7 @@ impl SubscriptionTask {
         if !response.error.is_empty() {
             return Err(server_error(Request::Subscribe, &response.error));
         }
-        Ok((inbox, response.ack_inbox))
+        Ok((inbox, Subject::from(response.ack_inbox)))
     }
 
     /// Packs the message that woke us and whatever else already arrived into
@@ -171,19 +171,21 @@ impl SubscriptionTask {
         }
     }
 
-    async fn ack(&self, ack_inbox: &str, sequences: Vec<u64>) {
+    /// One allocation per batch: every `Ack` is encoded into a slice of the
+    /// same buffer, and the inbox subject is shared, not copied.
+    async fn ack(&self, ack_inbox: &Subject, sequences: Vec<u64>) {
+        let mut ack = Ack {
+            subject: self.options.subject.clone(),
+            sequence: u64::MAX,
+        };
+        let mut buffer = BytesMut::with_capacity(ack.encoded_len() * sequences.len());
         for sequence in sequences {
-            let ack = Ack {
-                subject: self.options.subject.clone(),
-                sequence,
-            };
-            let body = Bytes::from(ack.encode_to_vec());
-            if self
-                .client
-                .publish(ack_inbox.to_string(), body)
-                .await
-                .is_err()
-            {
+            ack.sequence = sequence;
+            // The buffer was sized for the longest encoding; a failure would only
+            // mean it grows.
+            let _ = ack.encode(&mut buffer);
+            let body = buffer.split().freeze();
+            if self.client.publish(ack_inbox.clone(), body).await.is_err() {
                 // Unacked messages come back after ackWait; nothing is lost.
                 tracing::debug!("ack not sent: connection closing");
             }
@@ -192,7 +194,7 @@ impl SubscriptionTask {
 
     /// Asks the server to end the subscription. 0.3.2 (and the server)
     /// identify it by its ack inbox.
-    async fn end(&self, stop: Stop, ack_inbox: String) -> Result<()> {
+    async fn end(&self, stop: Stop, ack_inbox: Subject) -> Result<()> {
         let (subject, timeout_text) = if stop == Stop::Close {
             if self.routes.sub_close_requests.is_empty() {
                 return Err(JetstanError::new(
@@ -213,7 +215,7 @@ impl SubscriptionTask {
         let body = UnsubscribeRequest {
             client_id: self.routes.client_id.clone(),
             subject: self.options.subject.clone(),
-            inbox: ack_inbox,
+            inbox: ack_inbox.to_string(),
             durable_name: String::new(),
         };
         let unanswered = JetstanError::new(ErrorCode::SubscribeTimeout, timeout_text);
