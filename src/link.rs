@@ -29,6 +29,58 @@ impl<L> Phase<L> {
             Phase::Closing | Phase::Closed => LinkPhase::Ending,
         }
     }
+
+    /// Installs a freshly opened connection, unless `close()` came while it
+    /// was opening: then it is handed back for the caller to close. Checked
+    /// and set under the caller's one lock, so the race has one winner.
+    pub fn install(&mut self, live: L) -> Option<L> {
+        if matches!(self, Phase::Connecting) {
+            *self = Phase::Open(Box::new(live));
+            None
+        } else {
+            Some(live)
+        }
+    }
+
+    /// Starts closing an open connection and hands it over; `None` (and the
+    /// phase untouched) when it is not open.
+    pub fn take_open(&mut self) -> Option<L> {
+        match std::mem::replace(self, Phase::Closing) {
+            Phase::Open(live) => Some(*live),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// `close()`: like [`Phase::take_open`], but a connection still opening
+    /// is marked closing too, and the connect finishes the close when its
+    /// attempt ends.
+    pub fn begin_close(&mut self) -> Option<L> {
+        if matches!(self, Phase::Connecting) {
+            *self = Phase::Closing;
+            return None;
+        }
+        self.take_open()
+    }
+
+    /// Marks a failed connect closed; true when `close()` had already begun.
+    pub fn fail_connect(&mut self) -> bool {
+        let closing = matches!(self, Phase::Closing);
+        *self = Phase::Closed;
+        closing
+    }
+}
+
+/// The end of a connect that failed: `connect_error` (unless the user
+/// closed first), `close`, and Node no longer held by this connection.
+pub fn report_connect_failure(outbox: &Outbox, err: JetstanError, closed_by_user: bool) {
+    if !closed_by_user {
+        outbox.push_event(Event::ConnectFailed(err));
+    }
+    outbox.push_event(Event::Closed);
+    outbox.release();
 }
 
 /// Where the owning session is, as far as NATS events are concerned.

@@ -81,34 +81,15 @@ impl Session {
     async fn connect(self: Arc<Self>) {
         match self.open().await {
             Ok(live) => {
-                // Checked and set under one lock: a close() racing with the
-                // connect either sees Open or leaves the closing to us.
-                let closed_meanwhile = {
-                    let mut phase = self.phase.lock();
-                    if matches!(*phase, Phase::Connecting) {
-                        *phase = Phase::Open(Box::new(live));
-                        None
-                    } else {
-                        Some(live)
-                    }
-                };
+                let closed_meanwhile = self.phase.lock().install(live);
                 match closed_meanwhile {
                     None => self.outbox.push_event(Event::Connected),
                     Some(live) => self.finish_close(Some(live)).await,
                 }
             }
             Err(err) => {
-                let closed_by_user = {
-                    let mut phase = self.phase.lock();
-                    let closing = matches!(*phase, Phase::Closing);
-                    *phase = Phase::Closed;
-                    closing
-                };
-                if !closed_by_user {
-                    self.outbox.push_event(Event::ConnectFailed(err));
-                }
-                self.outbox.push_event(Event::Closed);
-                self.outbox.release();
+                let closed_by_user = self.phase.lock().fail_connect();
+                link::report_connect_failure(&self.outbox, err, closed_by_user);
             }
         }
     }
@@ -205,15 +186,8 @@ impl Session {
     /// Ends an open connection the application did not close: after
     /// `connection_lost` (with its error), or when NATS gave up.
     fn end_from_server(self: &Arc<Self>, lost: Option<JetstanError>) {
-        let live = {
-            let mut phase = self.phase.lock();
-            match std::mem::replace(&mut *phase, Phase::Closing) {
-                Phase::Open(live) => *live,
-                other => {
-                    *phase = other;
-                    return;
-                }
-            }
+        let Some(live) = self.phase.lock().take_open() else {
+            return;
         };
         if let Some(err) = lost {
             self.outbox.push_event(Event::ConnectionLost(err));
@@ -361,20 +335,11 @@ impl Session {
 
     /// Starts closing; a `close` event follows once everything has stopped.
     pub fn close(self: &Arc<Self>) {
-        let live = {
-            let mut phase = self.phase.lock();
-            match std::mem::replace(&mut *phase, Phase::Closing) {
-                Phase::Open(live) => Some(*live),
-                // connect() finishes the close when the connection attempt ends.
-                Phase::Connecting => return,
-                already @ (Phase::Closing | Phase::Closed) => {
-                    *phase = already;
-                    return;
-                }
-            }
+        let Some(live) = self.phase.lock().begin_close() else {
+            return;
         };
         let session = Arc::clone(self);
-        napi::bindgen_prelude::spawn(async move { session.finish_close(live).await });
+        napi::bindgen_prelude::spawn(async move { session.finish_close(Some(live)).await });
     }
 
     async fn finish_close(&self, live: Option<Live>) {
