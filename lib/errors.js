@@ -45,4 +45,21 @@ function fromNative (err) {
   return new StanError(code, err?.message ?? String(err))
 }
 
-module.exports = { StanError, stanError, closedError, fromNative, text }
+/**
+ * Runs a user callback so that a throw cannot cut short the work around it
+ * (the rest of a poll, the other pending callbacks): the error is rethrown
+ * on the next tick, where it surfaces as `uncaughtException` would have.
+ */
+function guarded (fn, ...args) {
+  try {
+    fn(...args)
+  } catch (err) {
+    process.nextTick(() => { throw err })
+  }
+}
+
+function emitGuarded (emitter, ...args) {
+  guarded(() => emitter.emit(...args))
+}
+
+module.exports = { StanError, stanError, closedError, fromNative, text, guarded, emitGuarded }

@@ -4,7 +4,7 @@
 // management from the JSON configs the NATS CLI uses, and KV buckets.
 // Every call returns a promise; failures are StanErrors with a code.
 
-const { fromNative, StanError } = require('./errors')
+const { fromNative, StanError, stanError } = require('./errors')
 const { jsonCodec } = require('./bus')
 
 async function call (promise) {
@@ -132,7 +132,11 @@ class TypedKV {
 }
 
 /** Opens (by default creating) a KV bucket on a connected Stan object. */
-async function openKV (stan, bucket, { create = true, ...options } = {}) {
+async function openKV (stan, bucket, given) {
+  if (given !== undefined && (given === null || typeof given !== 'object')) {
+    throw stanError('BAD_OPTION', 'stan: KV options must be an object')
+  }
+  const { create = true, ...options } = given ?? {}
   const native = await call(stan._native.keyValue(bucket, {
     description: options.description,
     history: options.history,

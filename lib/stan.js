@@ -6,7 +6,7 @@ const nuid = require('./nuid')
 const { Fifo } = require('./fifo')
 const { parseConnectArgs } = require('./options')
 const { Subscription, SubscriptionOptions } = require('./subscription')
-const { stanError, closedError, fromNative, text } = require('./errors')
+const { stanError, closedError, fromNative, text, guarded, emitGuarded } = require('./errors')
 const { Streams, Consumers, openKV } = require('./jetstream')
 
 const CONNECTING = 0
@@ -219,7 +219,7 @@ class Stan extends EventEmitter {
     const pending = [...this._pending.values(), ...this._waiting.drain()]
     this._pending.clear()
     for (const entry of pending) {
-      if (entry.cb !== undefined) entry.cb(err, entry.guid)
+      if (entry.cb !== undefined) guarded(entry.cb, err, entry.guid)
     }
     this._notifySettled()
   }
@@ -231,11 +231,11 @@ class Stan extends EventEmitter {
     for (const event of poll.events) {
       if (event.kind === 'close') closed = true
       else if (event.kind === 'close_error') closeError = fromNative(event)
-      else this._onEvent(event)
+      else guarded(() => this._onEvent(event))
     }
     for (const delivery of poll.deliveries) {
       const sub = this._subs.get(delivery.sid)
-      if (sub !== undefined && !sub._closed) sub._deliver(delivery.data, delivery.meta)
+      if (sub !== undefined && !sub._closed) guarded(() => sub._deliver(delivery.data, delivery.meta))
     }
     this._settle(poll.acked, poll.failed)
     if (closed) this._onClosed(closeError)
@@ -289,13 +289,13 @@ class Stan extends EventEmitter {
       const entry = this._pending.get(acked[i])
       if (entry === undefined) continue
       this._pending.delete(acked[i])
-      if (entry.cb !== undefined) entry.cb(undefined, entry.guid)
+      if (entry.cb !== undefined) guarded(entry.cb, undefined, entry.guid)
     }
     for (const failure of failed) {
       const entry = this._pending.get(failure.token)
       if (entry === undefined) continue
       this._pending.delete(failure.token)
-      if (entry.cb !== undefined) entry.cb(fromNative(failure), entry.guid)
+      if (entry.cb !== undefined) guarded(entry.cb, fromNative(failure), entry.guid)
     }
     if (this._waiting.length > 0) this._sendWaiting()
     this._notifySettled()
@@ -313,8 +313,8 @@ class Stan extends EventEmitter {
     this._state = CLOSED
     this._failPending(closedError())
     this._subs.clear()
-    if (closeError === undefined) this.emit('close')
-    else this.emit('close', closeError)
+    if (closeError === undefined) emitGuarded(this, 'close')
+    else emitGuarded(this, 'close', closeError)
   }
 }
 

@@ -2,7 +2,7 @@
 
 const { EventEmitter } = require('node:events')
 const { Message } = require('./message')
-const { stanError, closedError, fromNative, text } = require('./errors')
+const { stanError, closedError, fromNative, text, emitGuarded } = require('./errors')
 
 const StartPosition = Object.freeze({
   NEW_ONLY: 0,
@@ -14,6 +14,13 @@ const StartPosition = Object.freeze({
 
 /** Values per message in a delivery batch's `meta` (see src/outbox.rs). */
 const META_STRIDE = 5
+
+/** Milliseconds from a number or a Date; anything else is BAD_OPTION, not a bare TypeError. */
+function millisOf (value, what) {
+  if (typeof value === 'number') return value
+  if (value instanceof Date) return value.valueOf()
+  throw stanError('BAD_OPTION', `stan: ${what} must be a number of milliseconds or a Date`)
+}
 
 /** 0.3.2's options object: setters store values as given and chain. */
 class SubscriptionOptions {
@@ -39,13 +46,13 @@ class SubscriptionOptions {
   /** Frozen as a delta (ns) when called, as 0.3.2 does. */
   setStartTime (date) {
     this.startPosition = StartPosition.TIME_DELTA_START
-    this.startTime = (Date.now() - date.valueOf()) * 1e6
+    this.startTime = (Date.now() - millisOf(date, 'start time')) * 1e6
     return this
   }
 
   setStartAtTimeDelta (millis) {
     this.startPosition = StartPosition.TIME_DELTA_START
-    this.startTime = millis * 1e6
+    this.startTime = millisOf(millis, 'start time delta') * 1e6
     return this
   }
 
@@ -73,6 +80,14 @@ function validate (opts) {
   }
   if (opts.durableName !== undefined && opts.durableName !== null && typeof opts.durableName !== 'string') {
     return stanError('BAD_OPTION', 'stan: durable name must be a string')
+  }
+  if (position === StartPosition.SEQUENCE_START && opts.startSequence !== undefined &&
+      (typeof opts.startSequence !== 'number' || Number.isNaN(opts.startSequence))) {
+    return stanError('BAD_OPTION', 'stan: start sequence must be a number')
+  }
+  if (position === StartPosition.TIME_DELTA_START && opts.startTime !== undefined &&
+      (typeof opts.startTime !== 'number' || !Number.isFinite(opts.startTime))) {
+    return stanError('BAD_OPTION', 'stan: start time must be a finite number')
   }
   return null
 }
@@ -292,9 +307,9 @@ class Subscription extends EventEmitter {
     // A throwing handler leaves its message unacked for redelivery, and never
     // stops the rest of the batch.
     if (this.listenerCount('error') > 0) {
-      this.emit('error', err)
+      emitGuarded(this, 'error', err)
     } else if (this.stanConnection.listenerCount('error') > 0) {
-      this.stanConnection.emit('error', err)
+      emitGuarded(this.stanConnection, 'error', err)
     } else {
       process.nextTick(() => { throw err })
     }

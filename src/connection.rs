@@ -7,36 +7,27 @@ use napi::bindgen_prelude::{Float64Array, Function, Uint8Array, Unknown};
 use napi_derive::napi;
 
 use crate::error::{ErrorCode, JetstanError, Result};
-use crate::jetstream::{self, manage, AckKind};
+use crate::jetstream::{manage, JetStream};
 use crate::kv::{self, KeyValue, KvOptions};
 use crate::options::{ConnectOptions, SubscribeOptions};
 use crate::outbox::{Outbox, Poll};
-use crate::stan;
+use crate::session::{AckKind, Session};
+use crate::stan::Stan;
 
-/// The session behind the 0.3.2 API, on one of the two backends.
-enum Backend {
-    JetStream(Arc<jetstream::Session>),
-    Stan(Arc<stan::Session>),
-}
-
-impl Backend {
-    fn start(options: ConnectOptions, outbox: Arc<Outbox>) -> Result<Backend> {
-        match options.backend.as_deref().unwrap_or("jetstream") {
-            "jetstream" => Ok(Backend::JetStream(jetstream::Session::start(
-                options, outbox,
-            )?)),
-            "stan" => Ok(Backend::Stan(stan::Session::start(options, outbox)?)),
-            other => Err(JetstanError::new(
-                ErrorCode::BadOption,
-                format!("stan: unknown backend '{other}' (expected jetstream or stan)"),
-            )),
-        }
+fn start(options: ConnectOptions, outbox: Arc<Outbox>) -> Result<Session> {
+    match options.backend.as_deref().unwrap_or("jetstream") {
+        "jetstream" => Session::start::<JetStream>(options, outbox),
+        "stan" => Session::start::<Stan>(options, outbox),
+        other => Err(JetstanError::new(
+            ErrorCode::BadOption,
+            format!("stan: unknown backend '{other}' (expected jetstream or stan)"),
+        )),
     }
 }
 
 #[napi]
 pub struct Connection {
-    backend: Backend,
+    session: Session,
 }
 
 #[napi]
@@ -55,8 +46,8 @@ impl Connection {
             .build()
             .map_err(|err| napi::Error::new(ErrorCode::BadOption, err.reason.clone()))?;
         let outbox = Arc::new(Outbox::new(wake));
-        let backend = Backend::start(options, outbox)?;
-        Ok(Connection { backend })
+        let session = start(options, outbox)?;
+        Ok(Connection { session })
     }
 
     /// Queues a publish; its outcome arrives through `poll()` under `token`.
@@ -93,28 +84,19 @@ impl Connection {
         token: u32,
         guid: String,
     ) -> napi::Result<(), ErrorCode> {
-        Ok(match &self.backend {
-            Backend::JetStream(session) => session.publish(subject, payload, token, guid),
-            Backend::Stan(session) => session.publish(subject, payload, token, guid),
-        }?)
+        Ok(self.session.publish(subject, payload, token, guid)?)
     }
 
     #[napi(catch_unwind)]
     pub fn subscribe(&self, sid: u32, options: SubscribeOptions) -> napi::Result<(), ErrorCode> {
-        Ok(match &self.backend {
-            Backend::JetStream(session) => session.subscribe(sid, options),
-            Backend::Stan(session) => session.subscribe(sid, options),
-        }?)
+        Ok(self.session.subscribe(sid, options)?)
     }
 
     /// `close: true` keeps durable state (`Subscription.close()`), `false`
     /// removes it (`Subscription.unsubscribe()`).
     #[napi(catch_unwind)]
     pub fn unsubscribe(&self, sid: u32, close: bool) -> napi::Result<(), ErrorCode> {
-        Ok(match &self.backend {
-            Backend::JetStream(session) => session.unsubscribe(sid, close),
-            Backend::Stan(session) => session.unsubscribe(sid, close),
-        }?)
+        Ok(self.session.unsubscribe(sid, close)?)
     }
 
     /// Acks delivered messages by the ack ids of their delivery batch.
@@ -131,27 +113,18 @@ impl Connection {
     }
 
     fn settle(&self, sid: u32, ids: &[f64], kind: AckKind) {
-        match &self.backend {
-            Backend::JetStream(session) => session.settle(sid, ids, kind),
-            Backend::Stan(session) => session.settle(sid, ids),
-        }
+        self.session.settle(sid, ids, kind);
     }
 
     /// Everything that became ready since the last poll, in one crossing.
     #[napi(catch_unwind)]
     pub fn poll(&self) -> Poll {
-        match &self.backend {
-            Backend::JetStream(session) => session.poll(),
-            Backend::Stan(session) => session.poll(),
-        }
+        self.session.poll()
     }
 
     #[napi(catch_unwind)]
     pub fn close(&self) {
-        match &self.backend {
-            Backend::JetStream(session) => session.close(),
-            Backend::Stan(session) => session.close(),
-        }
+        self.session.close()
     }
 
     /// Creates (or with `update`, updates) a stream from its JSON config;
@@ -223,12 +196,6 @@ impl Connection {
 
     /// Streams, consumers and KV exist only on JetStream.
     fn jetstream(&self) -> Result<async_nats::jetstream::Context> {
-        match &self.backend {
-            Backend::JetStream(session) => session.jetstream(),
-            Backend::Stan(_) => Err(JetstanError::new(
-                ErrorCode::NotSupported,
-                "stan: streams, consumers and KV need the jetstream backend",
-            )),
-        }
+        self.session.jetstream()
     }
 }

@@ -34,6 +34,7 @@ pub enum ErrorCode {
     WrongRevision,
     BadKey,
     NotSupported,
+    ProtocolError,
 }
 
 impl ErrorCode {
@@ -65,6 +66,7 @@ impl ErrorCode {
             ErrorCode::WrongRevision => "WRONG_REVISION",
             ErrorCode::BadKey => "BAD_KEY",
             ErrorCode::NotSupported => "NOT_SUPPORTED",
+            ErrorCode::ProtocolError => "PROTOCOL_ERROR",
         }
     }
 }

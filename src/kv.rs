@@ -65,6 +65,21 @@ fn failed(code: ErrorCode, what: &str, err: impl std::fmt::Display) -> JetstanEr
     JetstanError::new(code, format!("{what}: {err}"))
 }
 
+/// A key is a subject token under `$KV.<bucket>.`: a longer one than a
+/// server line allows would close the connection.
+fn key_fits(key: &str) -> Result<()> {
+    if key.len() > crate::subject::MAX_CHANNEL_LEN {
+        return Err(JetstanError::new(
+            ErrorCode::BadKey,
+            format!(
+                "a key of {} bytes is longer than a server line allows",
+                key.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Opens `bucket`, creating it with `options` when it does not exist and
 /// `create` is set.
 pub async fn open(
@@ -73,6 +88,7 @@ pub async fn open(
     options: Option<KvOptions>,
     create: bool,
 ) -> Result<KeyValue> {
+    manage::check_name(&bucket)?;
     match js.get_key_value(bucket.as_str()).await {
         Ok(store) => {
             return Ok(KeyValue {
@@ -131,6 +147,7 @@ impl KeyValue {
     /// Stores `value` under `key`; resolves with the new revision.
     #[napi]
     pub async fn put(&self, key: String, value: Buffer) -> napi::Result<f64> {
+        key_fits(&key)?;
         let value = Bytes::copy_from_slice(&value);
         self.store
             .put(&key, value)
@@ -148,6 +165,7 @@ impl KeyValue {
     /// Stores `value` only if `key` has no value; fails with KEY_EXISTS otherwise.
     #[napi]
     pub async fn create(&self, key: String, value: Buffer) -> napi::Result<f64> {
+        key_fits(&key)?;
         let value = Bytes::copy_from_slice(&value);
         self.store
             .create(&key, value)
@@ -166,6 +184,7 @@ impl KeyValue {
     /// Compare-and-set: stores `value` only if `key` is still at `revision`.
     #[napi]
     pub async fn update(&self, key: String, value: Buffer, revision: f64) -> napi::Result<f64> {
+        key_fits(&key)?;
         let value = Bytes::copy_from_slice(&value);
         self.store
             .update(&key, value, revision as u64)
@@ -186,6 +205,7 @@ impl KeyValue {
     /// The current entry of `key`, or null when it has none (or was deleted).
     #[napi]
     pub async fn get(&self, key: String) -> napi::Result<Option<KvEntry>> {
+        key_fits(&key)?;
         match self.store.entry(&key).await {
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => Ok(Some(entry.into())),
             Ok(_) => Ok(None),
@@ -200,6 +220,7 @@ impl KeyValue {
     /// Marks `key` deleted (its history stays).
     #[napi]
     pub async fn delete(&self, key: String) -> napi::Result<()> {
+        key_fits(&key)?;
         self.store
             .delete(&key)
             .await
@@ -209,6 +230,7 @@ impl KeyValue {
     /// Deletes `key` with its history.
     #[napi]
     pub async fn purge(&self, key: String) -> napi::Result<()> {
+        key_fits(&key)?;
         self.store
             .purge(&key)
             .await
@@ -233,6 +255,7 @@ impl KeyValue {
     /// Every stored revision of `key`, oldest first.
     #[napi]
     pub async fn history(&self, key: String) -> napi::Result<Vec<KvEntry>> {
+        key_fits(&key)?;
         let mut history = self
             .store
             .history(&key)
@@ -260,6 +283,9 @@ impl KeyValue {
     /// current values first, then every change.
     #[napi]
     pub async fn watch(&self, keys: Option<String>) -> napi::Result<KvWatcher> {
+        if let Some(keys) = &keys {
+            key_fits(keys)?;
+        }
         let pattern = keys.unwrap_or_else(|| ">".to_string());
         let watch = self
             .store

@@ -1,10 +1,12 @@
 //! jetstan: the node-nats-streaming 0.3.2 API on a Rust core.
 //!
 //! Layers, top to bottom: `connection` (the napi class: convert and
-//! forward), `outbox` (batched hand-off to the JS thread), the two backends
-//! — `jetstream` (STAN semantics on streams and consumers) and `stan` (the
-//! legacy wire protocol) — over `link` (the NATS connection both use), and
-//! the backend-neutral `options`, `subject` and `error` modules.
+//! forward), `outbox` (batched hand-off to the JS thread), `session` (one
+//! task per connection owning its lifecycle, with `publish` for what is in
+//! flight), the two backends behind its `Protocol` trait — `jetstream`
+//! (STAN semantics on streams and consumers) and `stan` (the legacy wire
+//! protocol) — over `link` (the NATS connection both use), and the
+//! backend-neutral `options`, `subject` and `error` modules.
 
 #![deny(clippy::all)]
 
@@ -17,6 +19,8 @@ pub mod kv;
 pub mod link;
 pub mod options;
 pub mod outbox;
+pub mod publish;
+pub mod session;
 pub mod stan;
 pub mod subject;
 

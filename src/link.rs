@@ -1,106 +1,16 @@
 //! The NATS connection under either backend: how 0.3.2's options become
 //! async-nats options, how the first connect is bounded, and how NATS's
-//! connection events become 0.3.2's events. Both backends' sessions own one
-//! and plug in through [`LinkOwner`].
+//! connection events become 0.3.2's events and commands to the session.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::{Client, Event as NatsEvent};
 
 use crate::error::{text, ErrorCode, JetstanError, Result};
 use crate::options::ConnectOptions;
-use crate::outbox::{Event, Outbox};
-
-/// Where a session is; `L` is what it holds while open.
-pub enum Phase<L> {
-    Connecting,
-    Open(Box<L>),
-    Closing,
-    Closed,
-}
-
-impl<L> Phase<L> {
-    pub fn link_phase(&self) -> LinkPhase {
-        match self {
-            Phase::Connecting => LinkPhase::Connecting,
-            Phase::Open(_) => LinkPhase::Open,
-            Phase::Closing | Phase::Closed => LinkPhase::Ending,
-        }
-    }
-
-    /// Installs a freshly opened connection, unless `close()` came while it
-    /// was opening: then it is handed back for the caller to close. Checked
-    /// and set under the caller's one lock, so the race has one winner.
-    pub fn install(&mut self, live: L) -> Option<L> {
-        if matches!(self, Phase::Connecting) {
-            *self = Phase::Open(Box::new(live));
-            None
-        } else {
-            Some(live)
-        }
-    }
-
-    /// Starts closing an open connection and hands it over; `None` (and the
-    /// phase untouched) when it is not open.
-    pub fn take_open(&mut self) -> Option<L> {
-        match std::mem::replace(self, Phase::Closing) {
-            Phase::Open(live) => Some(*live),
-            other => {
-                *self = other;
-                None
-            }
-        }
-    }
-
-    /// `close()`: like [`Phase::take_open`], but a connection still opening
-    /// is marked closing too, and the connect finishes the close when its
-    /// attempt ends.
-    pub fn begin_close(&mut self) -> Option<L> {
-        if matches!(self, Phase::Connecting) {
-            *self = Phase::Closing;
-            return None;
-        }
-        self.take_open()
-    }
-
-    /// Marks a failed connect closed; true when `close()` had already begun.
-    pub fn fail_connect(&mut self) -> bool {
-        let closing = matches!(self, Phase::Closing);
-        *self = Phase::Closed;
-        closing
-    }
-}
-
-/// The end of a connect that failed: `connect_error` (unless the user
-/// closed first), `close`, and Node no longer held by this connection.
-pub fn report_connect_failure(outbox: &Outbox, err: JetstanError, closed_by_user: bool) {
-    if !closed_by_user {
-        outbox.push_event(Event::ConnectFailed(err));
-    }
-    outbox.push_event(Event::Closed);
-    outbox.release();
-}
-
-/// Where the owning session is, as far as NATS events are concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkPhase {
-    Connecting,
-    Open,
-    Ending,
-}
-
-pub trait LinkOwner: Send + Sync + 'static {
-    fn options(&self) -> &ConnectOptions;
-    fn outbox(&self) -> &Outbox;
-    fn link_phase(&self) -> LinkPhase;
-    /// Set by the first NATS `Connected`, which is the initial connect.
-    fn connected_once(&self) -> &AtomicBool;
-    /// NATS gave up reconnecting (`maxReconnectAttempts`): 0.3.2 emits a
-    /// plain `close`.
-    fn nats_gave_up(self: Arc<Self>);
-}
+use crate::outbox::Event;
+use crate::session::{Command, Context, Ending};
 
 pub fn waits_on_first_connect(options: &ConnectOptions) -> bool {
     options.wait_on_first_connect == Some(true)
@@ -108,9 +18,9 @@ pub fn waits_on_first_connect(options: &ConnectOptions) -> bool {
 
 /// Connects within `connectTimeout`; with `waitOnFirstConnect` the client
 /// keeps retrying in the background and only the first answer is awaited.
-pub async fn connect<O: LinkOwner>(owner: &Arc<O>) -> Result<Client> {
-    let options = owner.options();
-    let nats = nats_options(owner);
+pub async fn connect(ctx: &Context) -> Result<Client> {
+    let options = ctx.options();
+    let nats = nats_options(ctx);
     let urls = options.server_urls()?;
     let connecting = async {
         if waits_on_first_connect(options) {
@@ -134,8 +44,8 @@ pub async fn connect<O: LinkOwner>(owner: &Arc<O>) -> Result<Client> {
         .map_err(|_| JetstanError::new(ErrorCode::ConnectTimeout, text::CONNECT_TIMEOUT))?
 }
 
-fn nats_options<O: LinkOwner>(owner: &Arc<O>) -> async_nats::ConnectOptions {
-    let options = owner.options();
+fn nats_options(ctx: &Context) -> async_nats::ConnectOptions {
+    let options = ctx.options();
     let mut nats = async_nats::ConnectOptions::new()
         .connection_timeout(options.connect_timeout())
         // async-nats counts the first connect as an attempt; 0.3.2 does not.
@@ -157,7 +67,7 @@ fn nats_options<O: LinkOwner>(owner: &Arc<O>) -> async_nats::ConnectOptions {
     let wait = Duration::from_millis(u64::from(options.reconnect_time_wait_ms.unwrap_or(2000)));
     let pool_size = options.servers.len().max(1);
     let waits = waits_on_first_connect(options);
-    let weak = Arc::downgrade(owner);
+    let reporter = ctx.clone();
     // Called before every connection attempt; the count restarts after each
     // successful connect. 0.3.2 waits `reconnectTimeWait` between attempts to
     // the same server, so the first pass through the pool goes without
@@ -166,15 +76,9 @@ fn nats_options<O: LinkOwner>(owner: &Arc<O>) -> async_nats::ConnectOptions {
         if attempt <= 1 {
             return Duration::ZERO;
         }
-        if let Some(owner) = weak.upgrade() {
-            let reports = match owner.link_phase() {
-                LinkPhase::Open => true,
-                LinkPhase::Connecting => waits,
-                LinkPhase::Ending => false,
-            };
-            if reports {
-                owner.outbox().push_event(Event::Reconnecting);
-            }
+        let shared = &reporter.shared;
+        if shared.is_open() || (waits && shared.is_connecting()) {
+            shared.outbox.push_event(Event::Reconnecting);
         }
         if attempt <= pool_size {
             Duration::ZERO
@@ -182,40 +86,62 @@ fn nats_options<O: LinkOwner>(owner: &Arc<O>) -> async_nats::ConnectOptions {
             wait
         }
     });
-    let weak: Weak<O> = Arc::downgrade(owner);
+    let ctx = ctx.clone();
     nats.event_callback(move |event| {
-        let weak = Weak::clone(&weak);
-        async move {
-            if let Some(owner) = weak.upgrade() {
-                on_nats_event(owner, event);
-            }
-        }
+        let ctx = ctx.clone();
+        async move { on_nats_event(&ctx, event) }
     })
 }
 
-fn on_nats_event<O: LinkOwner>(owner: Arc<O>, event: NatsEvent) {
-    if owner.link_phase() == LinkPhase::Ending {
+fn on_nats_event(ctx: &Context, event: NatsEvent) {
+    let shared = &ctx.shared;
+    if shared.is_ending() {
         return;
     }
     let forwarded = match event {
         NatsEvent::Connected => {
-            if !owner.connected_once().swap(true, Ordering::AcqRel) {
+            if !shared.connected_once.swap(true, Ordering::AcqRel) {
                 return;
             }
+            ctx.notify(Command::Reconnected);
             Event::Reconnected
         }
         NatsEvent::Disconnected => Event::Disconnected,
         NatsEvent::Closed | NatsEvent::ClientError(async_nats::ClientError::MaxReconnects) => {
-            owner.nats_gave_up();
+            ctx.notify(Command::End(Ending::GaveUp));
             return;
+        }
+        NatsEvent::ServerError(err) => {
+            let message = err.to_string();
+            if repeats(&message) {
+                // Reconnecting would send the same thing and be refused the
+                // same way, without end.
+                ctx.notify(Command::End(Ending::Lost(JetstanError::new(
+                    ErrorCode::ProtocolError,
+                    format!("stan: the server refused what this connection sent: {message}"),
+                ))));
+                return;
+            }
+            Event::Error(JetstanError::new(ErrorCode::ServerError, message))
         }
         // Client-side I/O errors while reconnecting are what `disconnect`
         // and `reconnecting` already report; as `error` events they would
         // trip applications that treat `error` as fatal.
-        NatsEvent::ServerError(err) => {
-            Event::Error(JetstanError::new(ErrorCode::ServerError, err.to_string()))
-        }
         _ => return,
     };
-    owner.outbox().push_event(forwarded);
+    shared.outbox.push_event(forwarded);
+}
+
+/// Server errors that close the connection over something this client
+/// sent, and that it would send again after reconnecting.
+fn repeats(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "maximum control line",
+        "maximum payload",
+        "parser error",
+        "unknown protocol operation",
+    ]
+    .iter()
+    .any(|known| message.contains(known))
 }

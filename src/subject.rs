@@ -3,11 +3,32 @@
 
 use crate::error::{ErrorCode, JetstanError, Result};
 
+/// nats-server's default `max_control_line`: a protocol line (`PUB`, `SUB`,
+/// with subject and reply) longer than this closes the connection, and a
+/// reconnect would send it again. async-nats does not expose the server's
+/// own setting, so names are held to what the default lets through.
+const MAX_CONTROL_LINE: usize = 4096;
+/// Room on a control line for the verb, the longest prefix jetstan puts
+/// around a name (`_STAN.pub.<id>.`, `_JSTAN.<cluster>.clients.`), an
+/// inbox reply and the sizes.
+const LINE_OVERHEAD: usize = 256;
+/// Longest channel name: it is a subject on every publish.
+pub const MAX_CHANNEL_LEN: usize = MAX_CONTROL_LINE - LINE_OVERHEAD;
+
 pub fn validate_channel(subject: &str) -> Result<()> {
     if subject.is_empty() {
         return Err(JetstanError::new(
             ErrorCode::BadSubject,
             crate::error::text::SUBJECT_REQUIRED,
+        ));
+    }
+    if subject.len() > MAX_CHANNEL_LEN {
+        return Err(JetstanError::new(
+            ErrorCode::BadSubject,
+            format!(
+                "stan: invalid subject: {} bytes, longer than the {MAX_CHANNEL_LEN} a server line allows",
+                subject.len()
+            ),
         ));
     }
     let invalid = |why: &str| {
@@ -47,6 +68,31 @@ pub fn validate_client_id(client_id: &str) -> Result<()> {
     }
 }
 
+/// The cluster and client IDs travel together in subjects (client-ID
+/// presence, STAN's discover and request subjects): both must fit one line.
+pub fn validate_names(cluster_id: &str, client_id: &str) -> Result<()> {
+    if cluster_id.is_empty()
+        || cluster_id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(JetstanError::new(
+            ErrorCode::BadOption,
+            "stan: invalid clusterID: must be non-empty, without whitespace",
+        ));
+    }
+    if cluster_id.len() + client_id.len() > MAX_CHANNEL_LEN {
+        return Err(JetstanError::new(
+            ErrorCode::BadOption,
+            format!(
+                "stan: clusterID and clientID are {} bytes together, longer than the {MAX_CHANNEL_LEN} a server line allows",
+                cluster_id.len() + client_id.len()
+            ),
+        ));
+    }
+    validate_client_id(client_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +102,18 @@ mod tests {
         for ok in ["foo", "foo.bar", "ticket:created", "a-b_c.d1", "foo*bar"] {
             assert!(validate_channel(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn names_must_fit_a_server_line() {
+        let long = "a".repeat(70_000);
+        let code = |r: Result<()>| r.err().map(|e| e.code);
+        assert_eq!(code(validate_channel(&long)), Some(ErrorCode::BadSubject));
+        assert_eq!(code(validate_names(&long, "c")), Some(ErrorCode::BadOption));
+        assert_eq!(code(validate_names("c", &long)), Some(ErrorCode::BadOption));
+        assert_eq!(code(validate_names("", "c")), Some(ErrorCode::BadOption));
+        assert!(validate_names("test-cluster", "client-1").is_ok());
+        assert!(validate_channel(&"a".repeat(MAX_CHANNEL_LEN)).is_ok());
     }
 
     #[test]

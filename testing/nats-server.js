@@ -152,6 +152,9 @@ class NatsServer {
     }
   }
 
+  /** Ends the process without letting it shut down cleanly. */
+  async kill () { await this._kill('SIGKILL') }
+
   async _kill (signal = 'SIGTERM') {
     const child = this.child
     if (child === null || child.exitCode !== null || child.signalCode !== null) return
@@ -209,4 +212,49 @@ async function startServer ({ extraArgs = [] } = {}) {
   return server
 }
 
-module.exports = { findNatsServer, startServer, NatsServer }
+/** A port the OS had free a moment ago, for configs that must name theirs (routes). */
+function freePort () {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer()
+    probe.once('error', reject)
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address()
+      probe.close(() => resolve(port))
+    })
+  })
+}
+
+/**
+ * Starts a JetStream cluster of `size` nats-servers on loopback ports, each
+ * with its own store, routed to each other. `stop()` ends them all.
+ */
+async function startCluster ({ size = 3, name = 'jetstan-test' } = {}) {
+  const bin = findNatsServer()
+  const clientPorts = []
+  const routePorts = []
+  for (let i = 0; i < size; i++) {
+    clientPorts.push(await freePort())
+    routePorts.push(await freePort())
+  }
+  const routes = routePorts.map((port) => `nats://127.0.0.1:${port}`).join(',')
+  const nodes = []
+  for (let i = 0; i < size; i++) {
+    const storeDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'jetstan-store-'))
+    const extraArgs = ['-n', `n${i}`, '--cluster_name', name,
+      '--cluster', `nats://127.0.0.1:${routePorts[i]}`, '--routes', routes]
+    nodes.push(new NatsServer({ bin, storeDir, port: clientPorts[i], extraArgs }))
+  }
+  try {
+    await Promise.all(nodes.map((node) => node._launch()))
+  } catch (err) {
+    await Promise.all(nodes.map((node) => node.stop()))
+    throw err
+  }
+  return {
+    nodes,
+    urls: nodes.map((node) => node.url),
+    stop: () => Promise.all(nodes.map((node) => node.stop()))
+  }
+}
+
+module.exports = { findNatsServer, startServer, startCluster, NatsServer }

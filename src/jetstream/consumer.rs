@@ -14,8 +14,7 @@ use async_nats::jetstream::{self, consumer, stream, ErrorCode as ApiErrorCode};
 use async_nats::{Client, Subject};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 use super::presence::{self, Answer, Presence};
 use super::streams::{consumer_name, StreamCache};
@@ -23,6 +22,7 @@ use crate::error::{ErrorCode, JetstanError};
 use crate::id_map::IdMap;
 use crate::options::{start_position, SubscribeOptions};
 use crate::outbox::{DeliveryBatch, Event, Outbox};
+use crate::session::{AckKind, Stop};
 
 /// How long the server keeps a consumer nobody pulls from: an ephemeral one
 /// whose client vanished, or a non-durable queue group whose members did.
@@ -41,59 +41,50 @@ const RECOVERY_BACKOFF: [Duration; 4] = [
     Duration::from_secs(1),
 ];
 
-/// How a subscription ends, which decides what happens to its consumer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    Unsubscribe,
-    Close,
-    ConnectionClosed,
+/// What the session sends a subscription task, in the order JS made it: acks
+/// made before an unsubscribe reach the server before the subscription ends.
+pub enum SubCommand {
+    Settle(Vec<f64>, AckKind),
+    Stop(Stop),
 }
 
-/// How a delivered message is settled with the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckKind {
-    /// Processed: never deliver again.
-    Ack,
-    /// Not processed: deliver again now.
-    Nak,
-    /// Unprocessable: never deliver again (a poison message).
-    Term,
-}
-
-impl AckKind {
-    pub fn payload(self) -> Bytes {
-        match self {
-            AckKind::Ack => Bytes::new(),
-            AckKind::Nak => Bytes::from_static(b"-NAK"),
-            AckKind::Term => Bytes::from_static(b"+TERM"),
-        }
+fn ack_payload(kind: AckKind) -> Bytes {
+    match kind {
+        AckKind::Ack => Bytes::new(),
+        AckKind::Nak => Bytes::from_static(b"-NAK"),
+        AckKind::Term => Bytes::from_static(b"+TERM"),
     }
 }
 
-/// Reply subjects of delivered, not yet acked messages, by ack id.
+/// Delivered, not yet acked messages, by ack id: their reply subjects and
+/// stream sequences. Owned by the subscription task alone.
 #[derive(Default)]
-pub struct AckRegistry {
+struct Registry {
     next_id: u64,
-    replies: IdMap<u64, Subject>,
+    unacked: IdMap<u64, (Subject, u64)>,
 }
 
-impl AckRegistry {
-    fn register(&mut self, reply: Subject) -> u64 {
+impl Registry {
+    fn register(&mut self, reply: Subject, sequence: u64) -> u64 {
         self.next_id += 1;
-        self.replies.insert(self.next_id, reply);
+        self.unacked.insert(self.next_id, (reply, sequence));
         self.next_id
     }
 
-    fn take_all(&mut self) -> Vec<Subject> {
-        self.replies.drain().map(|(_, reply)| reply).collect()
+    fn take(&mut self, ids: &[f64]) -> Vec<Subject> {
+        ids.iter()
+            .filter_map(|id| self.unacked.remove(&(*id as u64)))
+            .map(|(reply, _)| reply)
+            .collect()
     }
 
-    pub fn take(&mut self, ids: &[f64], into: &mut Vec<Subject>) {
-        for id in ids {
-            if let Some(reply) = self.replies.remove(&(*id as u64)) {
-                into.push(reply);
-            }
-        }
+    fn take_all(&mut self) -> Vec<Subject> {
+        self.unacked.drain().map(|(_, (reply, _))| reply).collect()
+    }
+
+    /// The oldest stream sequence delivered and not acked.
+    fn floor(&self) -> Option<u64> {
+        self.unacked.values().map(|(_, sequence)| *sequence).min()
     }
 }
 
@@ -155,7 +146,6 @@ pub struct SubscriptionTask {
     pub js: jetstream::Context,
     pub streams: Arc<StreamCache>,
     pub outbox: Arc<Outbox>,
-    pub registry: Arc<Mutex<AckRegistry>>,
     /// 0.3.2's `connectTimeout`, which bounds every subscription request.
     pub request_timeout: Duration,
 }
@@ -168,20 +158,30 @@ struct Bound {
 }
 
 impl SubscriptionTask {
-    pub async fn run(self, mut stop: oneshot::Receiver<Stop>) {
+    pub async fn run(self, mut commands: mpsc::UnboundedReceiver<SubCommand>) {
         let sid = self.sid;
-        let bound = tokio::select! {
-            bound = tokio::time::timeout(self.request_timeout, self.bind()) => match bound {
-                Ok(bound) => bound,
-                Err(_) => {
-                    self.outbox.push_event(Event::SubTimeout(sid));
-                    return;
-                }
-            },
-            reason = &mut stop => {
-                // Stopped before the consumer existed: nothing to clean up.
-                self.report_stop(reason.unwrap_or(Stop::ConnectionClosed));
-                return;
+        let mut registry = Registry::default();
+        let binding = tokio::time::timeout(self.request_timeout, self.bind());
+        tokio::pin!(binding);
+        let bound = loop {
+            tokio::select! {
+                bound = &mut binding => match bound {
+                    Ok(bound) => break bound,
+                    Err(_) => {
+                        self.outbox.push_event(Event::SubTimeout(sid));
+                        return;
+                    }
+                },
+                command = commands.recv() => match command {
+                    // Nothing was delivered yet, so nothing to settle.
+                    Some(SubCommand::Settle(..)) => {}
+                    Some(SubCommand::Stop(reason)) => {
+                        // Stopped before the consumer existed: nothing to clean up.
+                        self.report_stop(reason);
+                        return;
+                    }
+                    None => return,
+                },
             }
         };
         let mut bound = match bound {
@@ -215,40 +215,41 @@ impl SubscriptionTask {
                     loop {
                         tokio::select! {
                             biased;
-                            reason = &mut stop => {
+                            command = commands.recv() => {
+                                let reason = match command {
+                                    Some(SubCommand::Settle(ids, kind)) => {
+                                        self.settle(&mut registry, &ids, kind).await;
+                                        continue;
+                                    }
+                                    Some(SubCommand::Stop(reason)) => reason,
+                                    None => Stop::ConnectionClosed,
+                                };
                                 // Messages already received but not yet read
                                 // are registered, so cleanup hands them back
                                 // instead of leaving them to ackWait.
                                 let mut unread = DeliveryBatch::default();
-                                let mut registry = self.registry.lock();
                                 while let Some(Some(more)) = messages.next().now_or_never() {
                                     self.collect(more, &mut unread, &mut last_sequence, &mut registry);
                                 }
-                                drop(registry);
-                                break 'life reason.unwrap_or(Stop::ConnectionClosed);
+                                break 'life reason;
                             }
                             next = messages.next() => {
                                 let Some(first) = next else { break };
                                 let mut batch = DeliveryBatch::default();
-                                // One registry lock per batch; nothing below awaits.
-                                let consumer_lost = {
-                                    let mut registry = self.registry.lock();
-                                    let mut lost = !self.collect(first, &mut batch, &mut last_sequence, &mut registry);
-                                    for _ in 1..DELIVERY_BATCH {
-                                        if lost {
-                                            break;
-                                        }
-                                        match messages.next().now_or_never() {
-                                            Some(Some(more)) => {
-                                                lost = !self.collect(more, &mut batch, &mut last_sequence, &mut registry);
-                                            }
-                                            _ => break,
-                                        }
+                                let mut lost = !self.collect(first, &mut batch, &mut last_sequence, &mut registry);
+                                for _ in 1..DELIVERY_BATCH {
+                                    if lost {
+                                        break;
                                     }
-                                    lost
-                                };
+                                    match messages.next().now_or_never() {
+                                        Some(Some(more)) => {
+                                            lost = !self.collect(more, &mut batch, &mut last_sequence, &mut registry);
+                                        }
+                                        _ => break,
+                                    }
+                                }
                                 self.outbox.push_deliveries(sid, batch);
-                                if consumer_lost {
+                                if lost {
                                     break;
                                 }
                                 attempt = 0;
@@ -261,7 +262,8 @@ impl SubscriptionTask {
                         sid,
                         JetstanError::new(ErrorCode::SubscribeFailed, err.to_string()),
                     ));
-                    self.cleanup(&mut bound, Stop::Unsubscribe).await;
+                    self.cleanup(&mut bound, &mut registry, Stop::Unsubscribe)
+                        .await;
                     self.outbox.push_event(Event::SubUnsubscribed(sid));
                     return;
                 }
@@ -269,20 +271,37 @@ impl SubscriptionTask {
             }
             // The pull stream ended or lost its consumer (a server restart
             // without the consumer, a deletion): wait a little, then rebind,
-            // recreating the consumer after the last message we saw.
-            let pause = RECOVERY_BACKOFF[attempt.min(RECOVERY_BACKOFF.len() - 1)];
+            // recreating the consumer from its ack floor.
+            let pause =
+                tokio::time::sleep(RECOVERY_BACKOFF[attempt.min(RECOVERY_BACKOFF.len() - 1)]);
+            tokio::pin!(pause);
             attempt += 1;
-            tokio::select! {
-                reason = &mut stop => break 'life reason.unwrap_or(Stop::ConnectionClosed),
-                _ = tokio::time::sleep(pause) => {}
+            loop {
+                tokio::select! {
+                    command = commands.recv() => match command {
+                        Some(SubCommand::Settle(ids, kind)) => self.settle(&mut registry, &ids, kind).await,
+                        Some(SubCommand::Stop(reason)) => break 'life reason,
+                        None => break 'life Stop::ConnectionClosed,
+                    },
+                    _ = &mut pause => break,
+                }
             }
-            match self.rebind(&bound, last_sequence).await {
+            match self.rebind(&bound, &mut registry, last_sequence).await {
                 Ok(consumer) => bound.consumer = consumer,
                 Err(err) => tracing::debug!(sid, error = %err, "rebinding the consumer failed"),
             }
         };
-        self.cleanup(&mut bound, reason).await;
+        self.cleanup(&mut bound, &mut registry, reason).await;
         self.report_stop(reason);
+    }
+
+    async fn settle(&self, registry: &mut Registry, ids: &[f64], kind: AckKind) {
+        for reply in registry.take(ids) {
+            if self.client.publish(reply, ack_payload(kind)).await.is_err() {
+                // Unacked messages come back after ackWait; nothing is lost.
+                tracing::debug!("ack not sent: connection closing");
+            }
+        }
     }
 
     fn report_stop(&self, reason: Stop) {
@@ -300,7 +319,7 @@ impl SubscriptionTask {
         next: Result<jetstream::Message, consumer::pull::MessagesError>,
         batch: &mut DeliveryBatch,
         last_sequence: &mut u64,
-        registry: &mut AckRegistry,
+        registry: &mut Registry,
     ) -> bool {
         let message = match next {
             Ok(message) => message,
@@ -329,7 +348,7 @@ impl SubscriptionTask {
             return true;
         };
         *last_sequence = (*last_sequence).max(sequence);
-        let ack_id = registry.register(reply);
+        let ack_id = registry.register(reply, sequence);
         batch.push(
             ack_id,
             sequence,
@@ -382,24 +401,32 @@ impl SubscriptionTask {
     }
 
     /// The consumer again after the stream lost it: the same name, starting
-    /// after the last message this subscription saw.
+    /// at the oldest message delivered and not acked, so nothing unacked is
+    /// skipped (STAN's promise); with none, after the last one seen.
     async fn rebind(
         &self,
         bound: &Bound,
+        registry: &mut Registry,
         last_sequence: u64,
     ) -> Result<consumer::PullConsumer, JetstanError> {
         let name = bound.consumer.cached_info().name.clone();
         if let Some(consumer) = self.existing(&bound.stream, &name).await? {
             return Ok(consumer);
         }
-        let policy = if last_sequence == 0 {
-            self.deliver_policy()?
-        } else {
-            consumer::DeliverPolicy::ByStartSequence {
+        let policy = match registry.floor() {
+            Some(floor) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: floor,
+            },
+            None if last_sequence == 0 => self.deliver_policy()?,
+            None => consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: last_sequence + 1,
-            }
+            },
         };
-        self.create(&bound.stream, name, policy).await
+        let consumer = self.create(&bound.stream, name, policy).await?;
+        // The old consumer's reply subjects lead nowhere; its unacked
+        // messages come again with new ones.
+        registry.take_all();
+        Ok(consumer)
     }
 
     async fn existing(
@@ -458,12 +485,12 @@ impl SubscriptionTask {
         deliver_policy(&self.options)
     }
 
-    async fn cleanup(&self, bound: &mut Bound, reason: Stop) {
+    async fn cleanup(&self, bound: &mut Bound, registry: &mut Registry, reason: Stop) {
         if let Some(membership) = bound.membership.take() {
             membership.leave().await;
         }
         if self.identity.keeps_state(reason) || matches!(self.identity, Identity::Queue { .. }) {
-            self.release_unacked().await;
+            self.release_unacked(registry).await;
         }
         if self.identity.keeps_state(reason) {
             return;
@@ -490,10 +517,9 @@ impl SubscriptionTask {
     /// Hands messages this member received but never acked back to the
     /// consumer at once (as STAN redistributes a leaving member's messages)
     /// instead of after ackWait.
-    async fn release_unacked(&self) {
-        let replies = self.registry.lock().take_all();
-        for reply in replies {
-            let _ = self.client.publish(reply, AckKind::Nak.payload()).await;
+    async fn release_unacked(&self, registry: &mut Registry) {
+        for reply in registry.take_all() {
+            let _ = self.client.publish(reply, ack_payload(AckKind::Nak)).await;
         }
     }
 

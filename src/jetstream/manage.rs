@@ -66,8 +66,12 @@ pub fn name_field(config: &Value, field: &str) -> Result<String> {
     Ok(name.to_string())
 }
 
+/// JetStream's own limit on stream, consumer and bucket names.
+const MAX_NAME_LEN: usize = 255;
+
 pub fn check_name(name: &str) -> Result<()> {
     let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
         && !name.chars().any(|c| {
             c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
         });

@@ -3,9 +3,7 @@
 mod consumer;
 pub mod manage;
 mod presence;
-mod publisher;
 mod session;
 pub mod streams;
 
-pub use consumer::AckKind;
-pub use session::Session;
+pub use session::JetStream;

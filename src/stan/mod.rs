@@ -2,11 +2,10 @@
 //! applications that still run a nats-streaming-server.
 
 mod proto;
-mod publisher;
 mod session;
 mod subscription;
 
-pub use session::Session;
+pub use session::Stan;
 
 use std::time::Duration;
 
@@ -14,6 +13,18 @@ use tokio::time::Instant;
 
 use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
+
+/// What the server's ConnectResponse told us, plus who we are. Subjects are
+/// always taken from the response, never derived: old servers use others.
+pub struct Routes {
+    pub client_id: String,
+    pub conn_id: Bytes,
+    pub pub_prefix: String,
+    pub sub_requests: String,
+    pub unsub_requests: String,
+    pub sub_close_requests: String,
+    pub close_requests: String,
+}
 
 use crate::error::{ErrorCode, JetstanError, Result};
 

@@ -16,27 +16,16 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use super::proto::{Ack, MsgProto, SubscriptionRequest, SubscriptionResponse, UnsubscribeRequest};
-use super::session::Routes;
-use super::{malformed, request, server_error, Request};
+use super::{malformed, request, server_error, Request, Routes};
 use crate::error::{text, ErrorCode, JetstanError, Result};
 use crate::options::SubscribeOptions;
 use crate::outbox::{DeliveryBatch, Event, Outbox};
+use crate::session::Stop;
 
 /// Messages folded into one delivery batch at most before JS is woken.
 const DELIVERY_BATCH: usize = 4096;
 
-/// How a subscription ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Ends it and deletes durable state.
-    Unsubscribe,
-    /// Ends it; a durable stays resumable.
-    Close,
-    /// The connection is closing: the server closes it with the connection.
-    ConnectionClosed,
-}
-
-pub enum Command {
+pub enum SubCommand {
     /// Sequences to ack (a STAN message is acked by channel and sequence).
     Ack(Vec<u64>),
     Stop(Stop),
@@ -52,7 +41,7 @@ pub struct SubscriptionTask {
 }
 
 impl SubscriptionTask {
-    pub async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    pub async fn run(self, mut commands: mpsc::UnboundedReceiver<SubCommand>) {
         let sid = self.sid;
         let (mut inbox, ack_inbox) = match self.start().await {
             Ok(started) => started,
@@ -70,8 +59,8 @@ impl SubscriptionTask {
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(Command::Ack(sequences)) => self.ack(&ack_inbox, sequences).await,
-                    Some(Command::Stop(stop)) => break stop,
+                    Some(SubCommand::Ack(sequences)) => self.ack(&ack_inbox, sequences).await,
+                    Some(SubCommand::Stop(stop)) => break stop,
                     None => break Stop::ConnectionClosed,
                 },
                 delivered = inbox.next() => {

@@ -1,0 +1,580 @@
+//! One connection's lifecycle, whichever the backend: a handle the napi
+//! class calls into, and one task that owns everything the connection holds
+//! — its phase, the subscription table, the publishes in flight with their
+//! deadlines, and the close sequence — reached through a command channel,
+//! as async-nats's `Client` reaches its connection task.
+//!
+//! What differs between JetStream and STAN sits behind [`Protocol`]: how to
+//! open, how a publish is framed and its ack read, how a subscription runs,
+//! and what ending a connection tells the server.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::{jetstream, Client, Subject, Subscriber};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::deadline::sleep_until;
+use crate::error::{ErrorCode, JetstanError, Result};
+use crate::options::{ConnectOptions, SubscribeOptions};
+use crate::outbox::{Event, Outbox, Poll};
+use crate::publish::{Due, Frame, Outcome, PublishRequest, Publisher};
+use crate::subject::{validate_channel, validate_names};
+
+/// `close()` ends with a `close` event within this, whatever the server does.
+pub const CLOSE_BOUND: Duration = Duration::from_secs(5);
+/// Of [`CLOSE_BOUND`], what is kept for telling the server and flushing
+/// after the subscriptions had their turn.
+const CLOSE_RESERVE: Duration = Duration::from_millis(1500);
+/// Commands handled in one turn of the loop before timers and acks get theirs.
+const COMMAND_BATCH: usize = 4096;
+/// Publish acks handled in one turn at most.
+const ACK_BATCH: usize = 1024;
+
+const CONNECTING: u8 = 0;
+const OPEN: u8 = 1;
+const ENDING: u8 = 2;
+
+/// How a subscription ends, which decides what happens to its server state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `unsubscribe()`: ends it and removes durable state.
+    Unsubscribe,
+    /// `close()`: ends it; a durable stays resumable.
+    Close,
+    /// The connection is closing.
+    ConnectionClosed,
+}
+
+/// How a delivered message is settled with the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    /// Processed: never deliver again.
+    Ack,
+    /// Not processed: deliver again now.
+    Nak,
+    /// Unprocessable: never deliver again (a poison message).
+    Term,
+}
+
+/// Why an open connection ends.
+#[derive(Debug)]
+pub enum Ending {
+    /// `close()`: the server is told.
+    Closed,
+    /// Lost (pings, a protocol error the server would repeat): reported as
+    /// `connection_lost`, then closed without telling the server.
+    Lost(JetstanError),
+    /// NATS gave up reconnecting: a plain `close`, as 0.3.2 emits.
+    GaveUp,
+}
+
+pub enum Command {
+    Publish(PublishRequest),
+    Subscribe(u32, SubscribeOptions),
+    Unsubscribe(u32, Stop),
+    Settle(u32, Vec<f64>, AckKind),
+    Close,
+    /// From the NATS link and the liveness watch.
+    Reconnected,
+    End(Ending),
+}
+
+/// What JS reads without asking the task: set by the task, read anywhere.
+pub struct Shared {
+    pub options: ConnectOptions,
+    pub outbox: Arc<Outbox>,
+    phase: AtomicU8,
+    max_payload: AtomicUsize,
+    /// Set by the first NATS `Connected`, which is the initial connect.
+    pub connected_once: AtomicBool,
+    jetstream: OnceLock<jetstream::Context>,
+}
+
+impl Shared {
+    pub fn is_open(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == OPEN
+    }
+
+    pub fn is_connecting(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == CONNECTING
+    }
+
+    pub fn is_ending(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == ENDING
+    }
+
+    fn set_phase(&self, phase: u8) {
+        self.phase.store(phase, Ordering::Release);
+    }
+}
+
+/// What a backend hands the session once connected.
+pub struct Opened<L> {
+    pub live: L,
+    pub client: Client,
+    /// Publish acks arrive here, each on `<reply_prefix>.<token>`.
+    pub acks: Subscriber,
+    pub reply_prefix: String,
+    pub jetstream: Option<jetstream::Context>,
+}
+
+/// What every backend's tasks may use to reach the session and JS.
+#[derive(Clone)]
+pub struct Context {
+    pub shared: Arc<Shared>,
+    commands: mpsc::WeakUnboundedSender<Command>,
+}
+
+impl Context {
+    pub fn options(&self) -> &ConnectOptions {
+        &self.shared.options
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.shared.outbox
+    }
+
+    /// Tells the session task something; a session that is gone needs no telling.
+    pub fn notify(&self, command: Command) {
+        if let Some(commands) = self.commands.upgrade() {
+            let _ = commands.send(command);
+        }
+    }
+}
+
+/// A subscription as the session holds it.
+pub struct Spawned<S> {
+    pub handle: S,
+    pub run: BoxFuture<'static, ()>,
+}
+
+pub trait Protocol: Send + 'static {
+    /// What an open connection holds beyond the NATS client.
+    type Live: Send + Sync + 'static;
+    /// The session's way to one subscription task.
+    type Sub: Send + 'static;
+    /// The server stores a publish once per guid, so a publish whose ack was
+    /// lost may be sent again.
+    const DEDUPLICATES: bool;
+
+    fn open(ctx: &Context) -> impl Future<Output = Result<Opened<Self::Live>>> + Send;
+
+    /// Bytes a publish adds to its payload on the wire, counted against the
+    /// server's max_payload.
+    fn envelope(options: &ConnectOptions, channel: &str, guid: &str) -> usize;
+
+    /// The key under which a durable subscription may be active once.
+    fn durable_key(options: &ConnectOptions, subscribe: &SubscribeOptions) -> Option<String>;
+
+    fn subscribe(
+        live: &Self::Live,
+        ctx: &Context,
+        client: &Client,
+        sid: u32,
+        options: SubscribeOptions,
+    ) -> Spawned<Self::Sub>;
+
+    fn settle(sub: &Self::Sub, ids: Vec<f64>, kind: AckKind);
+
+    fn stop(sub: &Self::Sub, stop: Stop);
+
+    /// The wire form of one publish.
+    fn frame(live: &Self::Live, publish: &PublishRequest, reply: String) -> Frame;
+
+    /// What an ack on the reply subject says of a publish on `channel`.
+    fn outcome(live: &Self::Live, reply: &async_nats::Message, channel: &str) -> Outcome;
+
+    /// Makes sure the channel has somewhere to go (JetStream: a stream);
+    /// `None` when the backend needs nothing.
+    fn resolve(live: &Self::Live, channel: &str) -> Option<BoxFuture<'static, Result<()>>>;
+
+    /// The channel's destination stopped answering: look again next time.
+    fn forget(live: &Self::Live, channel: &str);
+
+    /// Tells the server the connection ends (STAN's close request) and stops
+    /// the backend's own tasks. An error is what `close` reports.
+    fn finish(
+        live: Self::Live,
+        client: &Client,
+        ending: &Ending,
+    ) -> impl Future<Output = Option<JetstanError>> + Send;
+}
+
+/// The napi class's side: validates synchronously, then sends.
+pub struct Session {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    envelope: fn(&ConnectOptions, &str, &str) -> usize,
+}
+
+impl Session {
+    /// Checks the options and starts connecting; the outcome arrives as a
+    /// `connect` or `connect_error` event.
+    pub fn start<P: Protocol>(options: ConnectOptions, outbox: Arc<Outbox>) -> Result<Session> {
+        options.server_urls()?;
+        let shared = Arc::new(Shared {
+            options,
+            outbox,
+            phase: AtomicU8::new(CONNECTING),
+            max_payload: AtomicUsize::new(0),
+            connected_once: AtomicBool::new(false),
+            jetstream: OnceLock::new(),
+        });
+        let (commands, received) = mpsc::unbounded_channel();
+        let ctx = Context {
+            shared: Arc::clone(&shared),
+            commands: commands.downgrade(),
+        };
+        napi::bindgen_prelude::spawn(run::<P>(ctx, received));
+        Ok(Session {
+            commands,
+            shared,
+            envelope: P::envelope,
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        if !self.shared.is_open() {
+            return Err(JetstanError::closed());
+        }
+        self.commands
+            .send(command)
+            .map_err(|_| JetstanError::closed())
+    }
+
+    /// Queues a publish whose `Nats-Msg-Id` is `guid`. Fails synchronously
+    /// on a closed connection, a bad subject or an oversize payload, leaving
+    /// the connection usable.
+    pub fn publish(&self, channel: String, payload: &[u8], token: u32, guid: String) -> Result<()> {
+        if !self.shared.is_open() {
+            return Err(JetstanError::closed());
+        }
+        validate_channel(&channel)?;
+        let max_payload = self.shared.max_payload.load(Ordering::Relaxed);
+        let envelope = (self.envelope)(&self.shared.options, &channel, &guid);
+        if payload.len() + envelope > max_payload {
+            return Err(JetstanError::new(
+                ErrorCode::MaxPayload,
+                format!(
+                    "stan: payload of {} bytes exceeds the server's max_payload of {} bytes",
+                    payload.len(),
+                    max_payload.saturating_sub(envelope)
+                ),
+            ));
+        }
+        self.send(Command::Publish(PublishRequest {
+            token,
+            channel: Subject::from(channel),
+            guid,
+            payload: Bytes::copy_from_slice(payload),
+        }))
+    }
+
+    pub fn subscribe(&self, sid: u32, options: SubscribeOptions) -> Result<()> {
+        validate_channel(&options.subject)?;
+        self.send(Command::Subscribe(sid, options))
+    }
+
+    /// Ends a subscription; its `unsubscribed` or `closed` event follows.
+    pub fn unsubscribe(&self, sid: u32, close: bool) -> Result<()> {
+        let stop = if close {
+            Stop::Close
+        } else {
+            Stop::Unsubscribe
+        };
+        self.send(Command::Unsubscribe(sid, stop))
+    }
+
+    pub fn settle(&self, sid: u32, ids: &[f64], kind: AckKind) {
+        // After close the acks have nowhere to go; the server redelivers.
+        let _ = self.send(Command::Settle(sid, ids.to_vec(), kind));
+    }
+
+    /// The JetStream context of the open connection, for management calls.
+    pub fn jetstream(&self) -> Result<jetstream::Context> {
+        if !self.shared.is_open() {
+            return Err(JetstanError::closed());
+        }
+        self.shared.jetstream.get().cloned().ok_or_else(|| {
+            JetstanError::new(
+                ErrorCode::NotSupported,
+                "stan: streams, consumers and KV need the jetstream backend",
+            )
+        })
+    }
+
+    pub fn poll(&self) -> Poll {
+        self.shared.outbox.take()
+    }
+
+    /// Starts closing; a `close` event follows within [`CLOSE_BOUND`].
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+/// The session task: connect, serve, close. Every path ends with `close`
+/// pushed and the outbox released, so Node is never held past it.
+async fn run<P: Protocol>(ctx: Context, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let shared = Arc::clone(&ctx.shared);
+    let opening = async {
+        let options = ctx.options();
+        validate_names(&options.cluster_id, &options.client_id)?;
+        P::open(&ctx).await
+    };
+    tokio::pin!(opening);
+    let mut close_by: Option<Instant> = None;
+    let opened = loop {
+        tokio::select! {
+            opened = &mut opening => break Some(opened),
+            command = commands.recv(), if close_by.is_none() => match command {
+                Some(Command::Close) | None => {
+                    shared.set_phase(ENDING);
+                    close_by = Some(Instant::now() + CLOSE_BOUND);
+                }
+                // Nothing else is sent before `connect`.
+                Some(_) => {}
+            },
+            _ = sleep_until(close_by) => break None,
+        }
+    };
+    let closed_by_user = close_by.is_some();
+    match opened {
+        None => {}
+        Some(Err(err)) => {
+            shared.set_phase(ENDING);
+            if !closed_by_user {
+                shared.outbox.push_event(Event::ConnectFailed(err));
+            }
+        }
+        Some(Ok(opened)) => {
+            let deadline = close_by.unwrap_or_else(|| Instant::now() + CLOSE_BOUND);
+            let mut open = Open::<P>::new(&ctx, opened);
+            let (ending, deadline) = if closed_by_user {
+                (Ending::Closed, deadline)
+            } else {
+                if let Some(js) = open.jetstream.take() {
+                    let _ = shared.jetstream.set(js);
+                }
+                shared
+                    .max_payload
+                    .store(open.client.server_info().max_payload, Ordering::Relaxed);
+                shared.set_phase(OPEN);
+                shared.outbox.push_event(Event::Connected);
+                let ending = open.serve(&mut commands).await;
+                shared.set_phase(ENDING);
+                (ending, Instant::now() + CLOSE_BOUND)
+            };
+            if let Ending::Lost(err) = &ending {
+                shared.outbox.push_event(Event::ConnectionLost(err.clone()));
+            }
+            if let Some(err) = open.close(ending, deadline).await {
+                shared.outbox.push_event(Event::CloseFailed(err));
+            }
+        }
+    }
+    shared.outbox.push_event(Event::Closed);
+    shared.outbox.release();
+}
+
+struct SubEntry<S> {
+    handle: S,
+    /// Cleared on unsubscribe/close, so the durable can be taken again at once.
+    durable: Option<String>,
+    task: JoinHandle<()>,
+}
+
+/// An open connection, owned by the session task.
+struct Open<P: Protocol> {
+    ctx: Context,
+    live: P::Live,
+    client: Client,
+    acks: Subscriber,
+    jetstream: Option<jetstream::Context>,
+    subs: HashMap<u32, SubEntry<P::Sub>>,
+    ended_tx: mpsc::UnboundedSender<u32>,
+    ended: mpsc::UnboundedReceiver<u32>,
+    publisher: Publisher,
+}
+
+impl<P: Protocol> Open<P> {
+    fn new(ctx: &Context, opened: Opened<P::Live>) -> Self {
+        let (ended_tx, ended) = mpsc::unbounded_channel();
+        let options = ctx.options();
+        Open {
+            ctx: ctx.clone(),
+            publisher: Publisher::new(opened.reply_prefix, options.ack_timeout(), P::DEDUPLICATES),
+            live: opened.live,
+            client: opened.client,
+            acks: opened.acks,
+            jetstream: opened.jetstream,
+            subs: HashMap::new(),
+            ended_tx,
+            ended,
+        }
+    }
+
+    async fn serve(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Ending {
+        loop {
+            tokio::select! {
+                biased;
+                ack = self.acks.next() => {
+                    let Some(ack) = ack else { return Ending::GaveUp };
+                    self.on_ack(&ack);
+                    for _ in 1..ACK_BATCH {
+                        match self.acks.next().now_or_never() {
+                            Some(Some(ack)) => self.on_ack(&ack),
+                            _ => break,
+                        }
+                    }
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { return Ending::Closed };
+                    if let Some(ending) = self.handle(command) {
+                        return ending;
+                    }
+                    for _ in 1..COMMAND_BATCH {
+                        match commands.try_recv() {
+                            Ok(command) => {
+                                if let Some(ending) = self.handle(command) {
+                                    return ending;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(sid) = self.ended.recv() => {
+                    self.subs.remove(&sid);
+                }
+                due = self.publisher.due() => {
+                    let live = &self.live;
+                    let frame = |p: &PublishRequest, reply| P::frame(live, p, reply);
+                    let resolve = |channel: &str| P::resolve(live, channel);
+                    match due {
+                        Due::Resolved(resolved) => self.publisher.on_resolved(resolved, frame, resolve),
+                        Due::Written(failed) => self.publisher.on_written(failed),
+                        Due::Timer => self.publisher.on_timer(frame, resolve),
+                    }
+                }
+            }
+            self.publisher.start_write(&self.client);
+            self.publisher.report(self.ctx.outbox());
+        }
+    }
+
+    /// Returns how the connection ends, when this command ends it.
+    fn handle(&mut self, command: Command) -> Option<Ending> {
+        match command {
+            Command::Publish(request) => {
+                let live = &self.live;
+                self.publisher.publish(
+                    request,
+                    |p, reply| P::frame(live, p, reply),
+                    |channel| P::resolve(live, channel),
+                );
+            }
+            Command::Subscribe(sid, options) => self.subscribe(sid, options),
+            Command::Unsubscribe(sid, stop) => {
+                // A task that already ended has reported its own end.
+                if let Some(entry) = self.subs.get_mut(&sid) {
+                    entry.durable = None;
+                    P::stop(&entry.handle, stop);
+                }
+            }
+            Command::Settle(sid, ids, kind) => {
+                if let Some(entry) = self.subs.get(&sid) {
+                    P::settle(&entry.handle, ids, kind);
+                }
+            }
+            Command::Reconnected => self.publisher.resend_all(
+                |p, reply| P::frame(&self.live, p, reply),
+                |channel| P::resolve(&self.live, channel),
+            ),
+            Command::Close => return Some(Ending::Closed),
+            Command::End(ending) => return Some(ending),
+        }
+        None
+    }
+
+    fn subscribe(&mut self, sid: u32, options: SubscribeOptions) {
+        let durable = P::durable_key(self.ctx.options(), &options);
+        if durable.is_some() && self.subs.values().any(|entry| entry.durable == durable) {
+            self.ctx.outbox().push_event(Event::SubError(
+                sid,
+                JetstanError::new(
+                    ErrorCode::DuplicateDurable,
+                    crate::error::text::DUPLICATE_DURABLE,
+                ),
+            ));
+            return;
+        }
+        let Spawned { handle, run } =
+            P::subscribe(&self.live, &self.ctx, &self.client, sid, options);
+        let ended = self.ended_tx.clone();
+        let task = napi::bindgen_prelude::spawn(async move {
+            run.await;
+            let _ = ended.send(sid);
+        });
+        self.subs.insert(
+            sid,
+            SubEntry {
+                handle,
+                durable,
+                task,
+            },
+        );
+    }
+
+    fn on_ack(&mut self, ack: &async_nats::Message) {
+        let live = &self.live;
+        self.publisher.on_ack(
+            ack,
+            |ack, channel| P::outcome(live, ack, channel),
+            |channel| P::forget(live, channel),
+        );
+    }
+
+    /// Stops every subscription (each sends the acks queued before this
+    /// first), tells the server, flushes: all within `deadline`.
+    async fn close(mut self, ending: Ending, deadline: Instant) -> Option<JetstanError> {
+        for entry in self.subs.values() {
+            P::stop(&entry.handle, Stop::ConnectionClosed);
+        }
+        let subs_by = deadline
+            .checked_sub(CLOSE_RESERVE)
+            .unwrap_or(deadline)
+            .max(Instant::now());
+        while !self.subs.is_empty() {
+            tokio::select! {
+                Some(sid) = self.ended.recv() => { self.subs.remove(&sid); }
+                _ = tokio::time::sleep_until(subs_by) => break,
+            }
+        }
+        for (sid, entry) in self.subs.drain() {
+            tracing::debug!(sid, "subscription did not stop in time; aborted");
+            entry.task.abort();
+        }
+        drop(self.publisher);
+        let Open { live, client, .. } = self;
+        let close_error = tokio::time::timeout_at(deadline, P::finish(live, &client, &ending))
+            .await
+            .unwrap_or_else(|_| {
+                matches!(ending, Ending::Closed).then(|| {
+                    JetstanError::new(ErrorCode::ServerError, "stan: close request timeout")
+                })
+            });
+        let _ = tokio::time::timeout_at(deadline, client.flush()).await;
+        let _ = tokio::time::timeout_at(deadline, client.drain()).await;
+        close_error
+    }
+}
