@@ -51,6 +51,7 @@ export type ErrorCode =
   | 'CLIENT_ID_IN_USE' | 'BAD_CLIENT_ID' | 'DUPLICATE_DURABLE' | 'CONNECTION_LOST' | 'INVALID_PAYLOAD'
   | 'BAD_CONFIG' | 'CONSUMER_NOT_FOUND' | 'BUCKET_NOT_FOUND' | 'KEY_EXISTS' | 'WRONG_REVISION' | 'BAD_KEY'
   | 'NOT_SUPPORTED'
+  | 'PROTOCOL_ERROR'
 
 /** NATS connection options, as node-nats-streaming 0.3.2 forwarded them. */
 export interface ClientOpts {

@@ -494,7 +494,112 @@ pub fn reply_subject(prefix: &str, token: u32) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::reply_subject;
+    use super::*;
+
+    fn request(token: u32, channel: &str) -> PublishRequest {
+        PublishRequest {
+            token,
+            channel: Subject::from(channel),
+            guid: format!("guid-{token}"),
+            payload: Bytes::from_static(b"data"),
+        }
+    }
+
+    fn frame(request: &PublishRequest, reply: String) -> Frame {
+        Frame {
+            subject: request.channel.clone(),
+            reply: reply.into(),
+            headers: None,
+            payload: request.payload.clone(),
+        }
+    }
+
+    /// "slow" never resolves (a server slow to answer); the others at once.
+    fn resolve(channel: &str) -> Option<BoxFuture<'static, Result<()>>> {
+        if channel == "slow" {
+            Some(std::future::pending().boxed())
+        } else {
+            Some(async { Ok(()) }.boxed())
+        }
+    }
+
+    fn queued(publisher: &Publisher) -> Vec<u32> {
+        publisher.queued.iter().map(|(token, _)| *token).collect()
+    }
+
+    fn ack(token: u32, status: Option<async_nats::StatusCode>) -> async_nats::Message {
+        async_nats::Message {
+            subject: Subject::from(reply_subject("_INBOX.t", token)),
+            reply: None,
+            payload: Bytes::new(),
+            headers: None,
+            status,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_being_resolved_holds_back_only_its_own_publishes() {
+        let mut publisher = Publisher::new("_INBOX.t".into(), Duration::from_millis(200), true);
+        publisher.publish(request(1, "slow"), frame, resolve);
+        publisher.publish(request(2, "fast"), frame, resolve);
+        assert!(queued(&publisher).is_empty());
+        let Due::Resolved(resolved) = publisher.due().await else {
+            panic!("the fast channel resolves first");
+        };
+        publisher.on_resolved(resolved, frame, resolve);
+        publisher.publish(request(3, "fast"), frame, resolve);
+        publisher.publish(request(4, "slow"), frame, resolve);
+        assert_eq!(queued(&publisher), vec![2, 3]);
+        // The slow channel's publishes still get their callback: at the deadline.
+        loop {
+            if let Due::Timer = publisher.due().await {
+                publisher.on_timer(frame, resolve);
+            }
+            if publisher.in_flight.is_empty() {
+                break;
+            }
+        }
+        let mut failed: Vec<(u32, ErrorCode)> = publisher
+            .failed
+            .iter()
+            .map(|(token, err)| (*token, err.code))
+            .collect();
+        failed.sort_unstable_by_key(|(token, _)| *token);
+        assert_eq!(
+            failed,
+            vec![
+                (1, ErrorCode::PubAckTimeout),
+                (2, ErrorCode::PubAckTimeout),
+                (3, ErrorCode::PubAckTimeout),
+                (4, ErrorCode::PubAckTimeout)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_publish_nobody_took_is_sent_again_and_settled_once() {
+        let ready = |_: &str| None;
+        let mut publisher = Publisher::new("_INBOX.t".into(), Duration::from_secs(5), false);
+        publisher.publish(request(7, "orders"), frame, ready);
+        assert_eq!(queued(&publisher), vec![7]);
+        publisher.queued.clear();
+        let nobody = ack(7, Some(async_nats::StatusCode::NO_RESPONDERS));
+        publisher.on_ack(&nobody, |_, _| Outcome::NobodyTook(None), |_| {});
+        assert!(publisher.acked.is_empty() && publisher.failed.is_empty());
+        while queued(&publisher).is_empty() {
+            if let Due::Timer = publisher.due().await {
+                publisher.on_timer(frame, ready);
+            }
+        }
+        assert_eq!(queued(&publisher), vec![7]);
+        publisher.on_ack(&ack(7, None), |_, _| Outcome::Stored, |_| {});
+        // A second ack for the same publish (the first copy's) is ignored.
+        publisher.on_ack(&ack(7, None), |_, _| Outcome::Stored, |_| {});
+        assert_eq!(publisher.acked, vec![7]);
+        assert!(publisher.failed.is_empty());
+    }
 
     #[test]
     fn reply_subjects_carry_the_token_in_decimal() {

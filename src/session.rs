@@ -65,6 +65,13 @@ pub enum AckKind {
     Term,
 }
 
+/// What the session sends a subscription task, in the order JS made it: acks
+/// made before an unsubscribe reach the server before the subscription ends.
+pub enum SubCommand {
+    Settle(Vec<f64>, AckKind),
+    Stop(Stop),
+}
+
 /// Why an open connection ends.
 #[derive(Debug)]
 pub enum Ending {
@@ -151,17 +158,9 @@ impl Context {
     }
 }
 
-/// A subscription as the session holds it.
-pub struct Spawned<S> {
-    pub handle: S,
-    pub run: BoxFuture<'static, ()>,
-}
-
 pub trait Protocol: Send + 'static {
     /// What an open connection holds beyond the NATS client.
     type Live: Send + Sync + 'static;
-    /// The session's way to one subscription task.
-    type Sub: Send + 'static;
     /// The server stores a publish once per guid, so a publish whose ack was
     /// lost may be sent again.
     const DEDUPLICATES: bool;
@@ -175,17 +174,16 @@ pub trait Protocol: Send + 'static {
     /// The key under which a durable subscription may be active once.
     fn durable_key(options: &ConnectOptions, subscribe: &SubscribeOptions) -> Option<String>;
 
+    /// The task of one subscription, which takes its orders from `commands`
+    /// and reports its own `ready`, errors and end.
     fn subscribe(
         live: &Self::Live,
         ctx: &Context,
         client: &Client,
         sid: u32,
         options: SubscribeOptions,
-    ) -> Spawned<Self::Sub>;
-
-    fn settle(sub: &Self::Sub, ids: Vec<f64>, kind: AckKind);
-
-    fn stop(sub: &Self::Sub, stop: Stop);
+        commands: mpsc::UnboundedReceiver<SubCommand>,
+    ) -> BoxFuture<'static, ()>;
 
     /// The wire form of one publish.
     fn frame(live: &Self::Live, publish: &PublishRequest, reply: String) -> Frame;
@@ -386,8 +384,8 @@ async fn run<P: Protocol>(ctx: Context, mut commands: mpsc::UnboundedReceiver<Co
     shared.outbox.release();
 }
 
-struct SubEntry<S> {
-    handle: S,
+struct SubEntry {
+    commands: mpsc::UnboundedSender<SubCommand>,
     /// Cleared on unsubscribe/close, so the durable can be taken again at once.
     durable: Option<String>,
     task: JoinHandle<()>,
@@ -400,7 +398,7 @@ struct Open<P: Protocol> {
     client: Client,
     acks: Subscriber,
     jetstream: Option<jetstream::Context>,
-    subs: HashMap<u32, SubEntry<P::Sub>>,
+    subs: HashMap<u32, SubEntry>,
     ended_tx: mpsc::UnboundedSender<u32>,
     ended: mpsc::UnboundedReceiver<u32>,
     publisher: Publisher,
@@ -488,12 +486,12 @@ impl<P: Protocol> Open<P> {
                 // A task that already ended has reported its own end.
                 if let Some(entry) = self.subs.get_mut(&sid) {
                     entry.durable = None;
-                    P::stop(&entry.handle, stop);
+                    let _ = entry.commands.send(SubCommand::Stop(stop));
                 }
             }
             Command::Settle(sid, ids, kind) => {
                 if let Some(entry) = self.subs.get(&sid) {
-                    P::settle(&entry.handle, ids, kind);
+                    let _ = entry.commands.send(SubCommand::Settle(ids, kind));
                 }
             }
             Command::Reconnected => self.publisher.resend_all(
@@ -518,8 +516,8 @@ impl<P: Protocol> Open<P> {
             ));
             return;
         }
-        let Spawned { handle, run } =
-            P::subscribe(&self.live, &self.ctx, &self.client, sid, options);
+        let (commands, received) = mpsc::unbounded_channel();
+        let run = P::subscribe(&self.live, &self.ctx, &self.client, sid, options, received);
         let ended = self.ended_tx.clone();
         let task = napi::bindgen_prelude::spawn(async move {
             run.await;
@@ -528,7 +526,7 @@ impl<P: Protocol> Open<P> {
         self.subs.insert(
             sid,
             SubEntry {
-                handle,
+                commands,
                 durable,
                 task,
             },
@@ -548,7 +546,9 @@ impl<P: Protocol> Open<P> {
     /// first), tells the server, flushes: all within `deadline`.
     async fn close(mut self, ending: Ending, deadline: Instant) -> Option<JetstanError> {
         for entry in self.subs.values() {
-            P::stop(&entry.handle, Stop::ConnectionClosed);
+            let _ = entry
+                .commands
+                .send(SubCommand::Stop(Stop::ConnectionClosed));
         }
         let subs_by = deadline
             .checked_sub(CLOSE_RESERVE)

@@ -22,7 +22,7 @@ use crate::error::{ErrorCode, JetstanError};
 use crate::id_map::IdMap;
 use crate::options::{start_position, SubscribeOptions};
 use crate::outbox::{DeliveryBatch, Event, Outbox};
-use crate::session::{AckKind, Stop};
+use crate::session::{AckKind, Stop, SubCommand};
 
 /// How long the server keeps a consumer nobody pulls from: an ephemeral one
 /// whose client vanished, or a non-durable queue group whose members did.
@@ -40,13 +40,6 @@ const RECOVERY_BACKOFF: [Duration; 4] = [
     Duration::from_millis(500),
     Duration::from_secs(1),
 ];
-
-/// What the session sends a subscription task, in the order JS made it: acks
-/// made before an unsubscribe reach the server before the subscription ends.
-pub enum SubCommand {
-    Settle(Vec<f64>, AckKind),
-    Stop(Stop),
-}
 
 fn ack_payload(kind: AckKind) -> Bytes {
     match kind {

@@ -12,14 +12,14 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::consumer::{Identity, SubCommand, SubscriptionTask};
+use super::consumer::{Identity, SubscriptionTask};
 use super::presence::{self, Answer, Presence};
 use super::streams::StreamCache;
 use crate::error::{text, ErrorCode, JetstanError, Result};
 use crate::link;
 use crate::options::{ConnectOptions, SubscribeOptions};
 use crate::publish::{Frame, Outcome, PublishRequest};
-use crate::session::{AckKind, Command, Context, Ending, Opened, Protocol, Spawned, Stop};
+use crate::session::{Command, Context, Ending, Opened, Protocol, SubCommand};
 
 /// Room for the `Nats-Msg-Id` header that every publish carries, counted
 /// against the server's max_payload together with the data.
@@ -55,7 +55,6 @@ struct ApiError {
 
 impl Protocol for JetStream {
     type Live = Live;
-    type Sub = mpsc::UnboundedSender<SubCommand>;
     const DEDUPLICATES: bool = true;
 
     async fn open(ctx: &Context) -> Result<Opened<Live>> {
@@ -127,9 +126,10 @@ impl Protocol for JetStream {
         client: &Client,
         sid: u32,
         options: SubscribeOptions,
-    ) -> Spawned<Self::Sub> {
+        commands: mpsc::UnboundedReceiver<SubCommand>,
+    ) -> BoxFuture<'static, ()> {
         let shared = &ctx.shared;
-        let task = SubscriptionTask {
+        SubscriptionTask {
             sid,
             cluster_id: shared.options.cluster_id.clone(),
             identity: Identity::of(
@@ -143,20 +143,9 @@ impl Protocol for JetStream {
             streams: Arc::clone(&live.streams),
             outbox: Arc::clone(&shared.outbox),
             request_timeout: shared.options.connect_timeout(),
-        };
-        let (handle, commands) = mpsc::unbounded_channel();
-        Spawned {
-            handle,
-            run: task.run(commands).boxed(),
         }
-    }
-
-    fn settle(sub: &Self::Sub, ids: Vec<f64>, kind: AckKind) {
-        let _ = sub.send(SubCommand::Settle(ids, kind));
-    }
-
-    fn stop(sub: &Self::Sub, stop: Stop) {
-        let _ = sub.send(SubCommand::Stop(stop));
+        .run(commands)
+        .boxed()
     }
 
     fn frame(_: &Live, publish: &PublishRequest, reply: String) -> Frame {

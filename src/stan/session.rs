@@ -16,13 +16,13 @@ use super::proto::{
     CloseRequest, CloseResponse, ConnectRequest, ConnectResponse, Ping, PingResponse, PubAck,
     PubMsg,
 };
-use super::subscription::{SubCommand, SubscriptionTask};
+use super::subscription::SubscriptionTask;
 use super::{malformed, request, server_error, Request, Routes, NO_RESPONDERS_RETRY};
 use crate::error::{text, ErrorCode, JetstanError, Result};
 use crate::link;
 use crate::options::{ConnectOptions, SubscribeOptions};
 use crate::publish::{Frame, Outcome, PublishRequest};
-use crate::session::{AckKind, Command, Context, Ending, Opened, Protocol, Spawned, Stop};
+use crate::session::{Command, Context, Ending, Opened, Protocol, SubCommand};
 
 /// The client protocol level we speak: connIDs and client pings.
 const PROTOCOL_ONE: i32 = 1;
@@ -43,7 +43,6 @@ pub struct Live {
 
 impl Protocol for Stan {
     type Live = Live;
-    type Sub = mpsc::UnboundedSender<SubCommand>;
     /// nats-streaming-server stores every PubMsg it gets, so only a publish
     /// nobody took is sent again.
     const DEDUPLICATES: bool = false;
@@ -159,35 +158,18 @@ impl Protocol for Stan {
         client: &Client,
         sid: u32,
         options: SubscribeOptions,
-    ) -> Spawned<Self::Sub> {
-        let task = SubscriptionTask {
+        commands: mpsc::UnboundedReceiver<SubCommand>,
+    ) -> BoxFuture<'static, ()> {
+        SubscriptionTask {
             sid,
             options,
             client: client.clone(),
             routes: Arc::clone(&live.routes),
             outbox: Arc::clone(ctx.outbox()),
             request_timeout: ctx.options().connect_timeout(),
-        };
-        let (handle, commands) = mpsc::unbounded_channel();
-        Spawned {
-            handle,
-            run: task.run(commands).boxed(),
         }
-    }
-
-    /// Acks by sequence. STAN cannot refuse a message for good, so a
-    /// terminate is an ack too: either way it is never delivered again.
-    fn settle(sub: &Self::Sub, ids: Vec<f64>, kind: AckKind) {
-        if kind == AckKind::Nak {
-            // STAN has no negative ack: the message comes back after ackWait.
-            return;
-        }
-        let sequences = ids.iter().map(|id| *id as u64).collect();
-        let _ = sub.send(SubCommand::Ack(sequences));
-    }
-
-    fn stop(sub: &Self::Sub, stop: Stop) {
-        let _ = sub.send(SubCommand::Stop(stop));
+        .run(commands)
+        .boxed()
     }
 
     fn frame(live: &Live, publish: &PublishRequest, reply: String) -> Frame {

@@ -20,16 +20,10 @@ use super::{malformed, request, server_error, Request, Routes};
 use crate::error::{text, ErrorCode, JetstanError, Result};
 use crate::options::SubscribeOptions;
 use crate::outbox::{DeliveryBatch, Event, Outbox};
-use crate::session::Stop;
+use crate::session::{AckKind, Stop, SubCommand};
 
 /// Messages folded into one delivery batch at most before JS is woken.
 const DELIVERY_BATCH: usize = 4096;
-
-pub enum SubCommand {
-    /// Sequences to ack (a STAN message is acked by channel and sequence).
-    Ack(Vec<u64>),
-    Stop(Stop),
-}
 
 pub struct SubscriptionTask {
     pub sid: u32,
@@ -59,7 +53,14 @@ impl SubscriptionTask {
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(SubCommand::Ack(sequences)) => self.ack(&ack_inbox, sequences).await,
+                    // STAN acks by sequence, and cannot refuse a message for
+                    // good: a terminate is an ack too, never delivered again.
+                    // It has no negative ack: such a message returns after ackWait.
+                    Some(SubCommand::Settle(ids, kind)) => {
+                        if kind != AckKind::Nak {
+                            self.ack(&ack_inbox, &ids).await;
+                        }
+                    }
                     Some(SubCommand::Stop(stop)) => break stop,
                     None => break Stop::ConnectionClosed,
                 },
@@ -162,14 +163,14 @@ impl SubscriptionTask {
 
     /// One allocation per batch: every `Ack` is encoded into a slice of the
     /// same buffer, and the inbox subject is shared, not copied.
-    async fn ack(&self, ack_inbox: &Subject, sequences: Vec<u64>) {
+    async fn ack(&self, ack_inbox: &Subject, sequences: &[f64]) {
         let mut ack = Ack {
             subject: self.options.subject.clone(),
             sequence: u64::MAX,
         };
         let mut buffer = BytesMut::with_capacity(ack.encoded_len() * sequences.len());
         for sequence in sequences {
-            ack.sequence = sequence;
+            ack.sequence = *sequence as u64;
             // The buffer was sized for the longest encoding; a failure would only
             // mean it grows.
             let _ = ack.encode(&mut buffer);

@@ -1,0 +1,123 @@
+'use strict'
+
+// Failover in a 3-node JetStream cluster on loopback ports: SIGKILL of the
+// stream's leader, then of the node the client is connected to, while
+// publishing and consuming. The promise: no error callback, nothing acked is
+// lost; duplicates (a resend whose first copy was stored) are counted.
+
+const { test, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const { startCluster } = require('../testing/nats-server')
+const { once, unique, stan } = require('./helpers')
+
+const CLUSTER = 'cluster-test'
+let cluster
+const open = new Set()
+
+before(async () => { cluster = await startCluster() })
+after(async () => {
+  for (const sc of open) {
+    if (sc.isClosed()) continue
+    const closed = once(sc, 'close', { rejectOnError: false })
+    sc.close()
+    await closed
+  }
+  await cluster?.stop()
+})
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Retries `fn` until it resolves: the cluster elects its leaders after it starts. */
+async function eventually (what, fn, timeoutMs = 30000) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      return await fn()
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`${what}: ${err.message}`)
+      await sleep(250)
+    }
+  }
+}
+
+async function connect (servers, clientID = unique('cluster')) {
+  const sc = stan.connect(CLUSTER, clientID, { servers, noRandomize: true, reconnectTimeWait: 250 })
+  open.add(sc)
+  await once(sc, 'connect', { timeoutMs: 15000 })
+  return sc
+}
+
+test('killing the stream leader, then the client\'s node, gives no error callback and loses no acked message', async () => {
+  const admin = await eventually('connecting', () => connect(cluster.urls))
+  const channel = unique('failover')
+  const stream = unique('failover').replace(/[^A-Za-z0-9_-]/g, '_')
+  await eventually('creating an R3 stream', () => admin.streams.add({ name: stream, subjects: [channel], num_replicas: 3 }))
+  const leaderIndex = async () => {
+    const info = await admin.streams.info(stream)
+    const index = cluster.nodes.findIndex((_, i) => info.cluster?.leader === `n${i}`)
+    if (index < 0) throw new Error('no leader yet')
+    return index
+  }
+  const leader = await eventually('finding the leader', leaderIndex)
+  // The client talks to a node that is not the leader, so the two kills hit different nodes.
+  const clientNode = (leader + 1) % cluster.nodes.length
+  const order = [clientNode, ...cluster.nodes.keys()].filter((v, i, all) => all.indexOf(v) === i)
+  const sc = await connect(order.map((i) => cluster.urls[i]))
+  admin.close()
+
+  const sub = sc.subscribe(channel, sc.subscriptionOptions().setDurableName('failover').setDeliverAllAvailable())
+  await once(sub, 'ready')
+  const received = new Map()
+  let lastDelivery = Date.now()
+  let longestPause = 0
+  sub.on('message', (msg) => {
+    const now = Date.now()
+    longestPause = Math.max(longestPause, now - lastDelivery)
+    lastDelivery = now
+    const data = msg.getData()
+    received.set(data, (received.get(data) ?? 0) + 1)
+  })
+  const acked = new Set()
+  const errors = []
+  const settled = []
+  let published = 0
+  const timer = setInterval(() => {
+    const data = `m${published++}`
+    settled.push(new Promise((resolve) => sc.publish(channel, data, (err) => {
+      if (err) errors.push(err.code)
+      else acked.add(data)
+      resolve()
+    })))
+  }, 5)
+
+  await sleep(3000)
+  const killedAt = Date.now()
+  await cluster.nodes[leader].kill()
+  await sleep(5000)
+  await cluster.nodes[leader].start()
+  await sleep(4000)
+  await cluster.nodes[clientNode].kill()
+  await sleep(6000)
+  clearInterval(timer)
+  await Promise.all(settled)
+  const deadline = Date.now() + 30000
+  while ([...acked].some((d) => !received.has(d)) && Date.now() < deadline) await sleep(100)
+
+  const lost = [...acked].filter((d) => !received.has(d)).length
+  const duplicated = [...received.values()].filter((n) => n > 1).length
+  console.log(JSON.stringify({
+    test: 'cluster-failover',
+    published,
+    acked: acked.size,
+    errors: errors.length,
+    error_codes: [...new Set(errors)],
+    received: received.size,
+    lost,
+    duplicated,
+    longest_delivery_pause_ms: longestPause,
+    ms_from_first_kill_to_end: Date.now() - killedAt
+  }))
+  assert.equal(errors.length, 0, `error callbacks: ${[...new Set(errors)]}`)
+  assert.equal(acked.size, published)
+  assert.equal(lost, 0)
+})
