@@ -84,7 +84,7 @@ test('killing the stream leader, then the client\'s node, gives no error callbac
   const timer = setInterval(() => {
     const data = `m${published++}`
     settled.push(new Promise((resolve) => sc.publish(channel, data, (err) => {
-      if (err) errors.push(err.code)
+      if (err) errors.push(`${err.code}: ${err.message}`)
       else acked.add(data)
       resolve()
     })))

@@ -27,8 +27,9 @@ const PUBLISH_HEADER_BYTES: usize = 64;
 /// How long a newcomer waits for the holder of its client ID to answer. A
 /// live holder answers within milliseconds; "no responders" comes at once.
 const CLIENT_ID_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// The status JetStream answers with while a stream has no leader.
-const UNAVAILABLE: u16 = 503;
+/// API error codes from here up are the server's trouble, not the publish's.
+const SERVER_SIDE: u16 = 500;
+const CONFLICT: u16 = 409;
 
 pub struct JetStream;
 
@@ -160,26 +161,42 @@ impl Protocol for JetStream {
     }
 
     fn outcome(_: &Live, ack: &async_nats::Message, channel: &str) -> Outcome {
-        let nobody = || {
-            Outcome::NobodyTook(Some(JetstanError::new(
-                ErrorCode::StreamNotFound,
-                format!("no stream answered for channel '{channel}'"),
-            )))
-        };
-        if ack.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-            return nobody();
+        // A status instead of a PubAck: nobody took it (503), or the server
+        // gave up on it. Either way it is not stored yet.
+        if let Some(status) = ack.status {
+            return Outcome::NobodyTook(Some(if status == async_nats::StatusCode::NO_RESPONDERS {
+                JetstanError::new(
+                    ErrorCode::StreamNotFound,
+                    format!("no stream answered for channel '{channel}'"),
+                )
+            } else {
+                JetstanError::new(
+                    ErrorCode::ServerError,
+                    format!("publish answered with status {status}"),
+                )
+            }));
         }
         match serde_json::from_slice::<PubAck>(&ack.payload) {
             Ok(PubAck { error: None }) => Outcome::Stored,
             Ok(PubAck {
                 error: Some(api_error),
-            }) if api_error.code == UNAVAILABLE => nobody(),
-            Ok(PubAck {
-                error: Some(api_error),
-            }) => Outcome::Refused(JetstanError::new(
-                ErrorCode::ServerError,
-                format!("{} (code {})", api_error.description, api_error.code),
-            )),
+            }) => {
+                let err = JetstanError::new(
+                    ErrorCode::ServerError,
+                    format!("{} (code {})", api_error.description, api_error.code),
+                );
+                // 5xx: the stream is between leaders or short of a quorum;
+                // the same publish may be stored once that passes. A 409
+                // "in process" answers a resend while the first copy is still
+                // being stored: asked again, the server says whether it was.
+                let passing = api_error.code >= SERVER_SIDE
+                    || (api_error.code == CONFLICT && api_error.description.contains("in process"));
+                if passing {
+                    Outcome::NobodyTook(Some(err))
+                } else {
+                    Outcome::Refused(err)
+                }
+            }
             Err(err) => Outcome::Refused(JetstanError::new(
                 ErrorCode::ServerError,
                 format!("unreadable publish ack: {err}"),
