@@ -8,7 +8,7 @@
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { startCluster } = require('../testing/nats-server')
-const { once, unique, stan } = require('./helpers')
+const { once, unique, closeQuietly, stan } = require('./helpers')
 
 const CLUSTER = 'cluster-test'
 let cluster
@@ -16,12 +16,7 @@ const open = new Set()
 
 before(async () => { cluster = await startCluster() })
 after(async () => {
-  for (const sc of open) {
-    if (sc.isClosed()) continue
-    const closed = once(sc, 'close', { rejectOnError: false })
-    sc.close()
-    await closed
-  }
+  await Promise.all([...open].filter((sc) => !sc.isClosed()).map(closeQuietly))
   await cluster?.stop()
 })
 

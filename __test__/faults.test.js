@@ -13,7 +13,7 @@ const { spawn } = require('node:child_process')
 const { startServer } = require('../testing/nats-server')
 const { startProxy } = require('../testing/proxy')
 const { StanDouble } = require('../testing/stan-double/server')
-const { once, unique, publish, stan } = require('./helpers')
+const { once, unique, publish, closeQuietly, stan } = require('./helpers')
 
 const CLUSTER = 'faults-cluster'
 let server
@@ -25,12 +25,7 @@ before(async () => {
   double = await new StanDouble({ url: server.url, clusterID: CLUSTER }).start()
 })
 after(async () => {
-  for (const sc of open) {
-    if (sc.isClosed()) continue
-    const closed = once(sc, 'close', { rejectOnError: false })
-    sc.close()
-    await closed
-  }
+  await Promise.all([...open].filter((sc) => !sc.isClosed()).map(closeQuietly))
   await double.stop()
   await server.stop()
 })
@@ -49,6 +44,16 @@ async function connect (backend, opts, clientID) {
   const sc = start(backend, opts, clientID)
   await once(sc, 'connect')
   return sc
+}
+
+/** Runs a scenario in a child process of its own; resolves with its exit code and last JSON line. */
+async function runFixture (name, args, timeoutMs) {
+  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', name), ...args],
+    { stdio: ['ignore', 'pipe', 'inherit'] })
+  let out = ''
+  child.stdout.on('data', (chunk) => { out += chunk })
+  const code = await once(child, 'exit', { timeoutMs, rejectOnError: false })
+  return { code, result: JSON.parse(out.trim().split('\n').pop()) }
 }
 
 /** Resolves once `count` callbacks ran (or rejects after `timeoutMs`), with what they said. */
@@ -134,12 +139,7 @@ for (const backend of ['jetstream', 'stan']) {
     })
 
     test('10,000 seeded calls with hostile arguments: no crash, every error has a code, still publishing', async () => {
-      const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'fuzz.js'), server.url, backend, CLUSTER, '10000', '20261129'],
-        { stdio: ['ignore', 'pipe', 'inherit'] })
-      let out = ''
-      child.stdout.on('data', (chunk) => { out += chunk })
-      const code = await once(child, 'exit', { timeoutMs: 120000, rejectOnError: false })
-      const result = JSON.parse(out.trim().split('\n').pop())
+      const { code, result } = await runFixture('fuzz.js', [server.url, backend, CLUSTER, '10000', '20261129'], 120000)
       figure('fuzz', { backend, ...result })
       assert.equal(code, 0)
       assert.equal(result.uncoded, 0, `errors without a code: ${JSON.stringify(result.examples)}`)
@@ -150,12 +150,7 @@ for (const backend of ['jetstream', 'stan']) {
 
   describe(`${backend}: throwing handlers`, () => {
     test('a throwing ready handler costs no publish callback and drain() still ends', async () => {
-      const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'throwing-handlers.js'), server.url, backend, CLUSTER],
-        { stdio: ['ignore', 'pipe', 'inherit'] })
-      let out = ''
-      child.stdout.on('data', (chunk) => { out += chunk })
-      const code = await once(child, 'exit', { timeoutMs: 60000, rejectOnError: false })
-      const result = JSON.parse(out.trim().split('\n').pop())
+      const { code, result } = await runFixture('throwing-handlers.js', [server.url, backend, CLUSTER], 60000)
       figure('throwing-handlers', { backend, ...result })
       assert.equal(code, 0)
       assert.equal(result.callbacks, 20000)

@@ -50,16 +50,23 @@ function fromNative (err) {
  * (the rest of a poll, the other pending callbacks): the error is rethrown
  * on the next tick, where it surfaces as `uncaughtException` would have.
  */
-function guarded (fn, ...args) {
+function guarded (fn, a, b) {
   try {
-    fn(...args)
+    fn(a, b)
   } catch (err) {
-    process.nextTick(() => { throw err })
+    process.nextTick(rethrow, err)
   }
 }
 
-function emitGuarded (emitter, ...args) {
-  guarded(() => emitter.emit(...args))
+function rethrow (err) { throw err }
+
+function emitGuarded (emitter, event, value) {
+  try {
+    if (value === undefined) emitter.emit(event)
+    else emitter.emit(event, value)
+  } catch (err) {
+    process.nextTick(rethrow, err)
+  }
 }
 
 module.exports = { StanError, stanError, closedError, fromNative, text, guarded, emitGuarded }

@@ -120,14 +120,16 @@ impl Publisher {
         }
     }
 
+    /// `now` is read once per batch of commands: publishes handled together
+    /// share a deadline, and the clock stays off the per-message path.
     pub fn publish(
         &mut self,
         request: PublishRequest,
+        now: Instant,
         frame: impl Fn(&PublishRequest, String) -> Frame,
         resolve: impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>,
     ) {
         let token = request.token;
-        let now = Instant::now();
         self.deadlines.push_back((now + self.ack_timeout, token));
         self.in_flight.insert(
             token,
@@ -542,15 +544,15 @@ mod tests {
     #[tokio::test]
     async fn a_channel_being_resolved_holds_back_only_its_own_publishes() {
         let mut publisher = Publisher::new("_INBOX.t".into(), Duration::from_millis(200), true);
-        publisher.publish(request(1, "slow"), frame, resolve);
-        publisher.publish(request(2, "fast"), frame, resolve);
+        publisher.publish(request(1, "slow"), Instant::now(), frame, resolve);
+        publisher.publish(request(2, "fast"), Instant::now(), frame, resolve);
         assert!(queued(&publisher).is_empty());
         let Due::Resolved(resolved) = publisher.due().await else {
             panic!("the fast channel resolves first");
         };
         publisher.on_resolved(resolved, frame, resolve);
-        publisher.publish(request(3, "fast"), frame, resolve);
-        publisher.publish(request(4, "slow"), frame, resolve);
+        publisher.publish(request(3, "fast"), Instant::now(), frame, resolve);
+        publisher.publish(request(4, "slow"), Instant::now(), frame, resolve);
         assert_eq!(queued(&publisher), vec![2, 3]);
         // The slow channel's publishes still get their callback: at the deadline.
         loop {
@@ -582,7 +584,7 @@ mod tests {
     async fn a_publish_nobody_took_is_sent_again_and_settled_once() {
         let ready = |_: &str| None;
         let mut publisher = Publisher::new("_INBOX.t".into(), Duration::from_secs(5), false);
-        publisher.publish(request(7, "orders"), frame, ready);
+        publisher.publish(request(7, "orders"), Instant::now(), frame, ready);
         assert_eq!(queued(&publisher), vec![7]);
         publisher.queued.clear();
         let nobody = ack(7, Some(async_nats::StatusCode::NO_RESPONDERS));

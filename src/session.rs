@@ -437,13 +437,14 @@ impl<P: Protocol> Open<P> {
                 }
                 command = commands.recv() => {
                     let Some(command) = command else { return Ending::Closed };
-                    if let Some(ending) = self.handle(command) {
+                    let now = Instant::now();
+                    if let Some(ending) = self.handle(command, now) {
                         return ending;
                     }
                     for _ in 1..COMMAND_BATCH {
                         match commands.try_recv() {
                             Ok(command) => {
-                                if let Some(ending) = self.handle(command) {
+                                if let Some(ending) = self.handle(command, now) {
                                     return ending;
                                 }
                             }
@@ -471,12 +472,13 @@ impl<P: Protocol> Open<P> {
     }
 
     /// Returns how the connection ends, when this command ends it.
-    fn handle(&mut self, command: Command) -> Option<Ending> {
+    fn handle(&mut self, command: Command, now: Instant) -> Option<Ending> {
         match command {
             Command::Publish(request) => {
                 let live = &self.live;
                 self.publisher.publish(
                     request,
+                    now,
                     |p, reply| P::frame(live, p, reply),
                     |channel| P::resolve(live, channel),
                 );

@@ -33,6 +33,9 @@ const MAX_PULL_BATCH: u32 = 1000;
 const DELIVERY_BATCH: usize = 4096;
 /// Bounds cleanup on unsubscribe/close so a dead server cannot stall `close()`.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The whole of a subscription's cleanup, of which each step has its own
+/// shorter bound; within the session's close bound.
+const CLEANUP_BOUND: Duration = Duration::from_secs(3);
 const MEMBER_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 const RECOVERY_BACKOFF: [Duration; 4] = [
     Duration::from_millis(100),
@@ -284,7 +287,12 @@ impl SubscriptionTask {
                 Err(err) => tracing::debug!(sid, error = %err, "rebinding the consumer failed"),
             }
         };
-        self.cleanup(&mut bound, &mut registry, reason).await;
+        // Bounded: with the server gone, an unsubscribe or close must still end
+        // (and `drain()` with it); what is not handed back returns after ackWait.
+        let cleanup = self.cleanup(&mut bound, &mut registry, reason);
+        if tokio::time::timeout(CLEANUP_BOUND, cleanup).await.is_err() {
+            tracing::debug!(sid, "subscription cleanup cut short");
+        }
         self.report_stop(reason);
     }
 
