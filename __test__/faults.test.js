@@ -120,6 +120,37 @@ for (const backend of ['jetstream', 'stan']) {
     })
   })
 
+  describe(`${backend}: leaving while the server is unreachable`, () => {
+    test('subscription close() and drain() end, with acks and unacked messages pending', async () => {
+      const proxy = await startProxy(server.port)
+      try {
+        const sc = await connect(backend, { url: proxy.url, stanPingInterval: 60000 })
+        const channel = unique('leave')
+        const held = sc.subscribe(channel, sc.subscriptionOptions().setManualAckMode(true).setDeliverAllAvailable())
+        const plain = sc.subscribe(channel, sc.subscriptionOptions().setDeliverAllAvailable())
+        await Promise.all([once(held, 'ready'), once(plain, 'ready')])
+        const messages = []
+        const all = new Promise((resolve) => held.on('message', (msg) => { messages.push(msg); if (messages.length === 200) resolve() }))
+        assert.deepEqual(await publishMany(sc, channel, 200), { OK: 200 })
+        await all
+        proxy.blackhole()
+        for (const msg of messages) msg.ack()
+        let startedAt = Date.now()
+        const left = new Promise((resolve) => { held.once('closed', resolve); held.once('error', resolve) })
+        held.close()
+        await Promise.race([left, new Promise((resolve, reject) => setTimeout(() => reject(new Error('close() of a subscription did not end')), 20000).unref())])
+        const subscriptionMs = Date.now() - startedAt
+        startedAt = Date.now()
+        const drained = sc.drain()
+        await Promise.race([drained, new Promise((resolve, reject) => setTimeout(() => reject(new Error('drain() did not end')), 30000).unref())])
+        figure('leave-while-down', { backend, subscription_close_ms: subscriptionMs, drain_ms: Date.now() - startedAt })
+        assert.equal(sc.isClosed(), true)
+      } finally {
+        await proxy.stop()
+      }
+    })
+  })
+
   describe(`${backend}: hostile arguments`, () => {
     test('a 70,000-letter client or cluster ID fails the connect once with a code, no reconnect storm', async () => {
       for (const [cluster, client] of [[CLUSTER, 'a'.repeat(70000)], ['c'.repeat(70000), 'client']]) {

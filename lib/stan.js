@@ -187,7 +187,13 @@ class Stan extends EventEmitter {
     await this._publishesSettled()
     for (const sub of subs) {
       if (!sub._closed && sub._native !== null) {
-        const ended = new Promise((resolve) => { sub.once('closed', resolve); sub.once('error', resolve) })
+        // The connection may end first (connection_lost): then so does the wait.
+        const ended = new Promise((resolve) => {
+          const done = () => { sub.off('closed', done); sub.off('error', done); this.off('close', done); resolve() }
+          sub.once('closed', done)
+          sub.once('error', done)
+          this.once('close', done)
+        })
         sub.close()
         await ended
       }

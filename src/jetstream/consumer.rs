@@ -192,7 +192,7 @@ impl SubscriptionTask {
         let mut last_sequence = 0u64;
         let mut attempt = 0usize;
         let reason = 'life: loop {
-            let messages =
+            let opening =
                 bound
                     .consumer
                     .stream()
@@ -200,8 +200,11 @@ impl SubscriptionTask {
                         self.options.max_in_flight.clamp(1, MAX_PULL_BATCH) as usize
                     )
                     .heartbeat(PULL_HEARTBEAT)
-                    .messages()
-                    .await;
+                    .messages();
+            let messages = match tokio::time::timeout(self.request_timeout, opening).await {
+                Ok(opened) => opened.map_err(|err| err.to_string()),
+                Err(_) => Err("opening the pull stream timed out".to_string()),
+            };
             match messages {
                 Ok(mut messages) => {
                     if !ready_sent {
@@ -282,26 +285,33 @@ impl SubscriptionTask {
                     _ = &mut pause => break,
                 }
             }
-            match self.rebind(&bound, &mut registry, last_sequence).await {
-                Ok(consumer) => bound.consumer = consumer,
-                Err(err) => tracing::debug!(sid, error = %err, "rebinding the consumer failed"),
+            let rebinding = self.rebind(&bound, &mut registry, last_sequence);
+            match tokio::time::timeout(self.request_timeout, rebinding).await {
+                Ok(Ok(consumer)) => bound.consumer = consumer,
+                Ok(Err(err)) => tracing::debug!(sid, error = %err, "rebinding the consumer failed"),
+                Err(_) => tracing::debug!(sid, "rebinding the consumer timed out"),
             }
         };
-        // Bounded: with the server gone, an unsubscribe or close must still end
-        // (and `drain()` with it); what is not handed back returns after ackWait.
-        let cleanup = self.cleanup(&mut bound, &mut registry, reason);
-        if tokio::time::timeout(CLEANUP_BOUND, cleanup).await.is_err() {
-            tracing::debug!(sid, "subscription cleanup cut short");
-        }
+        self.cleanup(&mut bound, &mut registry, reason).await;
         self.report_stop(reason);
     }
 
+    /// Bounded, so a stop behind it is still seen while the server is gone;
+    /// unacked messages come back after ackWait, so nothing is lost.
     async fn settle(&self, registry: &mut Registry, ids: &[f64], kind: AckKind) {
-        for reply in registry.take(ids) {
-            if self.client.publish(reply, ack_payload(kind)).await.is_err() {
-                // Unacked messages come back after ackWait; nothing is lost.
-                tracing::debug!("ack not sent: connection closing");
+        let replies = registry.take(ids);
+        let sent = async {
+            for reply in replies {
+                if self.client.publish(reply, ack_payload(kind)).await.is_err() {
+                    tracing::debug!("ack not sent: connection closing");
+                }
             }
+        };
+        if tokio::time::timeout(self.request_timeout, sent)
+            .await
+            .is_err()
+        {
+            tracing::debug!(sid = self.sid, "acks not sent in time");
         }
     }
 
@@ -486,7 +496,17 @@ impl SubscriptionTask {
         deliver_policy(&self.options)
     }
 
+    /// Bounded as a whole: with the server gone, an unsubscribe or close must
+    /// still end (and `drain()` with it); what is not handed back returns
+    /// after ackWait.
     async fn cleanup(&self, bound: &mut Bound, registry: &mut Registry, reason: Stop) {
+        let steps = self.cleanup_steps(bound, registry, reason);
+        if tokio::time::timeout(CLEANUP_BOUND, steps).await.is_err() {
+            tracing::debug!(sid = self.sid, "subscription cleanup cut short");
+        }
+    }
+
+    async fn cleanup_steps(&self, bound: &mut Bound, registry: &mut Registry, reason: Stop) {
         if let Some(membership) = bound.membership.take() {
             membership.leave().await;
         }

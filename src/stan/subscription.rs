@@ -57,8 +57,13 @@ impl SubscriptionTask {
                     // good: a terminate is an ack too, never delivered again.
                     // It has no negative ack: such a message returns after ackWait.
                     Some(SubCommand::Settle(ids, kind)) => {
+                        // Bounded, so a stop behind it is still seen while the
+                        // server is gone; an ack not sent means a redelivery.
                         if kind != AckKind::Nak {
-                            self.ack(&ack_inbox, &ids).await;
+                            let acked = self.ack(&ack_inbox, &ids);
+                            if tokio::time::timeout(self.request_timeout, acked).await.is_err() {
+                                tracing::debug!(sid, "acks not sent in time");
+                            }
                         }
                     }
                     Some(SubCommand::Stop(stop)) => break stop,
