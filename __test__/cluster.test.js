@@ -90,7 +90,16 @@ test('killing the stream leader, then the client\'s node, gives no error callbac
   await cluster.nodes[leader].kill()
   await sleep(5000)
   await cluster.nodes[leader].start()
-  await sleep(4000)
+  // A second kill before the restarted node has caught up would leave the
+  // cluster without a quorum: a test of the cluster, not of the client.
+  await eventually('the restarted node catching up', async () => {
+    const info = await sc.streams.info(stream)
+    const peers = info.cluster?.replicas ?? []
+    if (!info.cluster?.leader || peers.length < 2 || peers.some((peer) => !peer.current || peer.offline)) {
+      throw new Error('replicas not current yet')
+    }
+  })
+  await sleep(1000)
   await cluster.nodes[clientNode].kill()
   await sleep(6000)
   clearInterval(timer)
