@@ -40,6 +40,11 @@ export declare class Connection {
    * deliver them again.
    */
   terminate(sid: number, ids: Float64Array): void
+  /**
+   * Restarts the ack clocks of messages still being worked on (JetStream's
+   * "in progress"); STAN has no such thing and ignores it.
+   */
+  progress(sid: number, ids: Float64Array): void
   /** Everything that became ready since the last poll, in one crossing. */
   poll(): Poll
   close(): void

@@ -40,6 +40,13 @@ export declare enum StartPosition {
  */
 export declare class StanError extends Error {
   readonly code: ErrorCode | string
+  /** `INVALID_PAYLOAD`: what the schema found wrong. */
+  readonly issues?: ReadonlyArray<{ readonly message: string, readonly path?: ReadonlyArray<PropertyKey | { readonly key: PropertyKey }> }>
+  /** `INVALID_PAYLOAD` from a Listener: the message's sequence and raw payload. */
+  readonly sequence?: number
+  readonly data?: Buffer
+  /** `INVALID_PAYLOAD` from a Listener with `deadLetterSubject`: the copy's guid. */
+  readonly deadLetterGuid?: string
 }
 
 /** The codes a `StanError` can carry. */
@@ -269,10 +276,19 @@ export interface Codec<T = unknown> {
 }
 
 /**
- * JSON, with Dates sent as `{"$date": ISO}` and Buffers as `{"$buffer": base64}`,
- * both restored on decode.
+ * Plain JSON (the default): what `JSON.stringify` writes and `JSON.parse`
+ * reads, so services that parse events by hand read typed ones and back.
+ * A Date arrives as its ISO string; a schema with coercion (e.g. zod's
+ * `z.coerce.date()`) turns it back into a Date.
  */
 export declare const jsonCodec: Codec<any>
+
+/**
+ * Opt-in: JSON with Dates sent as `{"$date": ISO}` and Buffers as
+ * `{"$buffer": base64}`, both restored on decode. Only readers using this
+ * codec restore them.
+ */
+export declare const taggedJsonCodec: Codec<any>
 
 /** One event type: its subject and its payload, as the ticketing-course `common` package declares them. */
 export interface BusEvent {
@@ -297,11 +313,14 @@ export declare abstract class Publisher<T extends BusEvent> {
 
 /**
  * Listens to one event type as a durable queue group (deliver all, manual
- * ack). The message is acked after `onMessage` returns or its promise
- * resolves; a throw or rejection emits `error` and leaves the message for
- * redelivery after `ackWait`. A payload that fails to decode or to pass
- * `schema` is emitted as `error` (`INVALID_PAYLOAD`, with `issues`) and
- * terminated, so the server does not deliver it again.
+ * ack). The member is sent at most `maxConcurrent` messages at a time, so
+ * each starts before its ack clock runs out; on JetStream a long handler
+ * keeps its message with "in progress" acks. The message is acked after
+ * `onMessage` returns or its promise resolves; a throw or rejection is
+ * reported (see `error`) and the message comes back after `ackWait`. A
+ * payload that fails to decode or to pass `schema` is reported as
+ * `INVALID_PAYLOAD` (with `issues`, `sequence` and the raw `data`), copied to
+ * `deadLetterSubject` when set, and terminated.
  */
 export declare abstract class Listener<T extends BusEvent> extends EventEmitter {
   abstract subject: T['subject']
@@ -309,18 +328,37 @@ export declare abstract class Listener<T extends BusEvent> extends EventEmitter 
   abstract onMessage (data: T['data'], msg: Message): void | Promise<void>
   /** Milliseconds before an unacked message is redelivered (default 5000). */
   ackWait: number
-  /** Handlers running at once (default 1, which keeps order). */
+  /**
+   * Handlers running at once, and messages the member is sent at once
+   * (default 1: one event at a time, in order).
+   */
   maxConcurrent: number
   codec: Codec
   schema?: StandardSchemaV1<unknown, T['data']>
+  /** Where an invalid payload is copied (raw bytes) before it is terminated. */
+  deadLetterSubject?: string
   subscription: Subscription | null
   protected client: Stan
   constructor (client: Stan)
   subscriptionOptions (): SubscriptionOptions
-  /** Subscribes; resolves once the subscription is ready. */
+  /**
+   * Subscribes; resolves once the subscription is ready, rejects with the
+   * subscription's error (its `code`) when it fails.
+   */
   listen (): Promise<this>
-  /** Stops listening; the durable queue group keeps its position. */
-  close (): void
+  /**
+   * Stops at once: no handler starts afterwards, and messages not handled
+   * go back to the group (the durable keeps its position). A running
+   * handler's ack no longer counts, so its message is delivered again.
+   */
+  close (): Promise<void>
+  /** Starts no more handlers, lets running ones finish and ack, then closes. */
+  drain (): Promise<void>
+  /**
+   * Handler failures and invalid payloads. Without a listener here they go
+   * to the connection's `error` listeners; without those, they are thrown
+   * as uncaught exceptions.
+   */
   on (event: 'error', listener: (err: StanError | Error) => void): this
   on (event: string | symbol, listener: (...args: any[]) => void): this
 }
@@ -329,6 +367,7 @@ export interface ListenOptions {
   queueGroupName: string
   ackWait?: number
   maxConcurrent?: number
+  deadLetterSubject?: string
 }
 
 /** A typed bus over a map of subject → payload type. */

@@ -6,7 +6,7 @@
 const { connect, connectAsync } = require('./lib/stan')
 const { StartPosition } = require('./lib/subscription')
 const { StanError } = require('./lib/errors')
-const { Publisher, Listener, createBus, jsonCodec } = require('./lib/bus')
+const { Publisher, Listener, createBus, jsonCodec, taggedJsonCodec } = require('./lib/bus')
 const { version } = require('./package.json')
 
-module.exports = { version, connect, StartPosition, connectAsync, Publisher, Listener, createBus, jsonCodec, StanError }
+module.exports = { version, connect, StartPosition, connectAsync, Publisher, Listener, createBus, jsonCodec, taggedJsonCodec, StanError }

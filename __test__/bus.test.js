@@ -6,7 +6,7 @@ const { spawn } = require('node:child_process')
 const path = require('node:path')
 const readline = require('node:readline')
 const { useServer, unique, publish, quietPeriod, stan, CLUSTER } = require('./helpers')
-const { Listener, Publisher, createBus, jsonCodec, connectAsync } = stan
+const { Listener, Publisher, createBus, taggedJsonCodec, connectAsync } = stan
 
 const ctx = useServer()
 
@@ -89,13 +89,13 @@ describe('promise API', () => {
 })
 
 describe('typed bus', () => {
-  test('a Publisher/Listener pair round-trips JSON with Dates and Buffers', async () => {
+  test('with taggedJsonCodec, a Publisher/Listener pair round-trips Dates and Buffers', async () => {
     const sc = await ctx.connect()
     const subject = unique('ticket')
     const got = deferred()
-    const TicketListener = listenerClass(subject, 'svc', (data, msg) => got.resolve({ data, msg }))
+    const TicketListener = listenerClass(subject, 'svc', (data, msg) => got.resolve({ data, msg }), { codec: taggedJsonCodec })
     const listener = await new TicketListener(sc).listen()
-    class TicketPublisher extends Publisher { constructor (c) { super(c); this.subject = subject } }
+    class TicketPublisher extends Publisher { constructor (c) { super(c); this.subject = subject; this.codec = taggedJsonCodec } }
     const when = new Date('2026-01-02T03:04:05.678Z')
     await new TicketPublisher(sc).publish({ id: 't1', price: 20, when, blob: Buffer.from([1, 2, 3]) })
     const { data } = await got.promise
@@ -103,12 +103,12 @@ describe('typed bus', () => {
     assert.ok(data.when instanceof Date)
     assert.equal(data.when.getTime(), when.getTime())
     assert.deepEqual([...data.blob], [1, 2, 3])
-    listener.close()
+    await listener.close()
   })
 
-  test('jsonCodec keeps ordinary objects that merely look alike', () => {
+  test('taggedJsonCodec keeps ordinary objects that merely look alike', () => {
     const value = { a: { $date: 'x', other: 1 }, list: [1, 'two'] }
-    assert.deepEqual(jsonCodec.decode(Buffer.from(jsonCodec.encode(value))), value)
+    assert.deepEqual(taggedJsonCodec.decode(Buffer.from(taggedJsonCodec.encode(value))), value)
   })
 
   test('a payload failing the schema is rejected before publishing', async () => {

@@ -119,12 +119,14 @@ describe('KV', () => {
     await assert.rejects(kv.put('bad key', 'x'), { code: 'BAD_KEY' })
   })
 
-  test('typed helpers put and get values through the JSON codec', async () => {
-    const kv = (await sc.kv(unique('typed'))).typed()
-    await kv.put('order', { id: 1, at: new Date(0) })
-    const { value } = await kv.get('order')
-    assert.equal(value.id, 1)
-    assert.equal(value.at.getTime(), 0)
+  test('typed helpers put and get values through a codec: plain JSON by default', async () => {
+    const bucket = await sc.kv(unique('typed'))
+    await bucket.typed().put('order', { id: 1, at: new Date(0) })
+    assert.equal((await bucket.get('order')).value.toString(), JSON.stringify({ id: 1, at: new Date(0) }))
+    assert.deepEqual((await bucket.typed().get('order')).value, { id: 1, at: '1970-01-01T00:00:00.000Z' })
+    const tagged = bucket.typed(stan.taggedJsonCodec)
+    await tagged.put('order', { id: 2, at: new Date(0) })
+    assert.equal((await tagged.get('order')).value.at.getTime(), 0)
   })
 
   test('a missing bucket is BUCKET_NOT_FOUND unless created', async () => {

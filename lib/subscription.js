@@ -329,6 +329,12 @@ class Subscription extends EventEmitter {
     this._native.terminate(this._sid, Float64Array.of(ackId))
   }
 
+  /** Restarts the ack clocks of messages still being handled (JetStream; STAN ignores it). */
+  _progress (ackIds) {
+    if (this._closed || this._native === null || this.stanConnection.isClosed() || ackIds.length === 0) return
+    this._native.progress(this._sid, Float64Array.from(ackIds))
+  }
+
   _sendAcks () {
     this._ackScheduled = false
     if (this._acks.length === 0 || this._closed || this._native === null || this.stanConnection.isClosed()) {

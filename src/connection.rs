@@ -112,6 +112,13 @@ impl Connection {
         self.settle(sid, &ids, AckKind::Term);
     }
 
+    /// Restarts the ack clocks of messages still being worked on (JetStream's
+    /// "in progress"); STAN has no such thing and ignores it.
+    #[napi(catch_unwind)]
+    pub fn progress(&self, sid: u32, ids: Float64Array) {
+        self.settle(sid, &ids, AckKind::Progress);
+    }
+
     fn settle(&self, sid: u32, ids: &[f64], kind: AckKind) {
         self.session.settle(sid, ids, kind);
     }

@@ -1,6 +1,6 @@
-//! Maps keyed by ids we hand out ourselves (publish tokens, ack ids): they
-//! are sequential and never chosen by the network or JS, so a multiply is
-//! enough of a hash, and the default SipHash showed in profiles of the
+//! Maps keyed by sequential ids: publish tokens we hand out, and stream
+//! sequences, which the server hands out in order, so a multiply is enough
+//! of a hash, and the default SipHash showed in profiles of the
 //! publish and consume paths.
 
 use std::collections::HashMap;

@@ -6,7 +6,7 @@
 //! While JS is busy, work piles up into the next batch instead of into a
 //! queue of threadsafe-function calls, so a burst costs one wake, not one per
 //! message. The buffer is bounded by protocol flow control: pub-acks by
-//! `maxPubAcksInflight`, deliveries by each consumer's `max_ack_pending`.
+//! `maxPubAcksInflight`, deliveries by each subscription's `maxInFlight`.
 
 use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +72,10 @@ impl DeliveryBatch {
 
     pub fn is_empty(&self) -> bool {
         self.meta.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.meta.len() / 5
     }
 
     fn append(&mut self, mut other: DeliveryBatch) {

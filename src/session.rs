@@ -63,12 +63,17 @@ pub enum AckKind {
     Nak,
     /// Unprocessable: never deliver again (a poison message).
     Term,
+    /// Still being worked on: restart its ack clock (JetStream only).
+    Progress,
 }
 
 /// What the session sends a subscription task, in the order JS made it: acks
 /// made before an unsubscribe reach the server before the subscription ends.
 pub enum SubCommand {
     Settle(Vec<f64>, AckKind),
+    /// The connection came back: what the subscription asked the server for
+    /// may have been lost with the old one.
+    Reconnected,
     Stop(Stop),
 }
 
@@ -496,10 +501,15 @@ impl<P: Protocol> Open<P> {
                     let _ = entry.commands.send(SubCommand::Settle(ids, kind));
                 }
             }
-            Command::Reconnected => self.publisher.resend_all(
-                |p, reply| P::frame(&self.live, p, reply),
-                |channel| P::resolve(&self.live, channel),
-            ),
+            Command::Reconnected => {
+                for entry in self.subs.values() {
+                    let _ = entry.commands.send(SubCommand::Reconnected);
+                }
+                self.publisher.resend_all(
+                    |p, reply| P::frame(&self.live, p, reply),
+                    |channel| P::resolve(&self.live, channel),
+                )
+            }
             Command::Close => return Some(Ending::Closed),
             Command::End(ending) => return Some(ending),
         }

@@ -12,5 +12,6 @@ export interface TicketCreatedEvent {
 
 export interface OrderCreatedEvent {
   subject: Subjects.OrderCreated
-  data: { id: string, ticketId: string, expiresAt: Date }
+  // JSON has no Date: events carry ISO strings, as services that parse by hand expect.
+  data: { id: string, ticketId: string, expiresAt: string }
 }

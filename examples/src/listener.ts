@@ -24,7 +24,7 @@ class OrderCreatedListener extends Listener<OrderCreatedEvent> {
   queueGroupName = 'payments-service'
 
   async onMessage (data: OrderCreatedEvent['data'], msg: Message): Promise<void> {
-    console.log(`Event received #${msg.getSequence()}: ${this.subject} ${data.id} for ${data.ticketId}, expires ${data.expiresAt.toISOString()}`)
+    console.log(`Event received #${msg.getSequence()}: ${this.subject} ${data.id} for ${data.ticketId}, expires ${data.expiresAt}`)
     orders++
     finishIfDone()
   }

@@ -22,7 +22,7 @@ async function main (): Promise<void> {
     const ticket = { id: `ticket-${i}`, title: `concert #${i}`, price: 10 * i }
     await tickets.publish(ticket)
     console.log(`Event published: ${Subjects.TicketCreated} ${ticket.id}`)
-    const order = { id: `order-${i}`, ticketId: ticket.id, expiresAt: new Date(Date.now() + 15 * 60 * 1000) }
+    const order = { id: `order-${i}`, ticketId: ticket.id, expiresAt: new Date(Date.now() + 15 * 60 * 1000).toISOString() }
     await orders.publish(order)
     console.log(`Event published: ${Subjects.OrderCreated} ${order.id}`)
   }

@@ -1,6 +1,7 @@
-//! A STAN subscription on JetStream: one pull consumer, its messages packed
-//! into delivery batches for JS, and the reply subjects kept here so JS acks
-//! by a number instead of carrying subjects across the boundary.
+//! A STAN subscription on JetStream: one pull consumer, pulled from within
+//! the member's `maxInFlight` (see `pull`), its messages packed into delivery
+//! batches for JS, and the reply subjects kept here so JS acks by sequence
+//! instead of carrying subjects across the boundary.
 //!
 //! Identity decides the consumer: a plain subscription gets an ephemeral
 //! consumer of its own; a durable gets one named from (cluster, client,
@@ -11,15 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream, ErrorCode as ApiErrorCode};
-use async_nats::{Client, Subject};
+use async_nats::Client;
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::presence::{self, Answer, Presence};
+use super::pull::{Pulled, Pulls, Registry};
 use super::streams::{consumer_name, StreamCache};
+use crate::deadline::sleep_until;
 use crate::error::{ErrorCode, JetstanError};
-use crate::id_map::IdMap;
 use crate::options::{start_position, SubscribeOptions};
 use crate::outbox::{DeliveryBatch, Event, Outbox};
 use crate::session::{AckKind, Stop, SubCommand};
@@ -27,8 +29,7 @@ use crate::session::{AckKind, Stop, SubCommand};
 /// How long the server keeps a consumer nobody pulls from: an ephemeral one
 /// whose client vanished, or a non-durable queue group whose members did.
 const INACTIVE_THRESHOLD: Duration = Duration::from_secs(120);
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
-const MAX_PULL_BATCH: u32 = 1000;
+const GROUP_ACK_PENDING: i64 = 1000;
 /// Messages folded into one delivery batch at most before JS is woken.
 const DELIVERY_BATCH: usize = 4096;
 /// Bounds cleanup on unsubscribe/close so a dead server cannot stall `close()`.
@@ -49,38 +50,7 @@ fn ack_payload(kind: AckKind) -> Bytes {
         AckKind::Ack => Bytes::new(),
         AckKind::Nak => Bytes::from_static(b"-NAK"),
         AckKind::Term => Bytes::from_static(b"+TERM"),
-    }
-}
-
-/// Delivered, not yet acked messages, by ack id: their reply subjects and
-/// stream sequences. Owned by the subscription task alone.
-#[derive(Default)]
-struct Registry {
-    next_id: u64,
-    unacked: IdMap<u64, (Subject, u64)>,
-}
-
-impl Registry {
-    fn register(&mut self, reply: Subject, sequence: u64) -> u64 {
-        self.next_id += 1;
-        self.unacked.insert(self.next_id, (reply, sequence));
-        self.next_id
-    }
-
-    fn take(&mut self, ids: &[f64]) -> Vec<Subject> {
-        ids.iter()
-            .filter_map(|id| self.unacked.remove(&(*id as u64)))
-            .map(|(reply, _)| reply)
-            .collect()
-    }
-
-    fn take_all(&mut self) -> Vec<Subject> {
-        self.unacked.drain().map(|(_, (reply, _))| reply).collect()
-    }
-
-    /// The oldest stream sequence delivered and not acked.
-    fn floor(&self) -> Option<u64> {
-        self.unacked.values().map(|(_, sequence)| *sequence).min()
+        AckKind::Progress => Bytes::from_static(b"+WPI"),
     }
 }
 
@@ -156,8 +126,19 @@ struct Bound {
 impl SubscriptionTask {
     pub async fn run(self, mut commands: mpsc::UnboundedReceiver<SubCommand>) {
         let sid = self.sid;
-        let mut registry = Registry::default();
-        let binding = tokio::time::timeout(self.request_timeout, self.bind());
+        let mut registry = Registry::new(Duration::from_millis(u64::from(
+            self.options.ack_wait_ms.max(1000),
+        )));
+        let binding = tokio::time::timeout(self.request_timeout, async {
+            let bound = self.bind().await.map_err(|err| (None, err))?;
+            match Pulls::open(&self.client).await {
+                Ok(pulls) => Ok((bound, pulls)),
+                Err(err) => Err((
+                    Some(bound),
+                    JetstanError::new(ErrorCode::SubscribeFailed, err.to_string()),
+                )),
+            }
+        });
         tokio::pin!(binding);
         let bound = loop {
             tokio::select! {
@@ -170,7 +151,7 @@ impl SubscriptionTask {
                 },
                 command = commands.recv() => match command {
                     // Nothing was delivered yet, so nothing to settle.
-                    Some(SubCommand::Settle(..)) => {}
+                    Some(SubCommand::Settle(..) | SubCommand::Reconnected) => {}
                     Some(SubCommand::Stop(reason)) => {
                         // Stopped before the consumer existed: nothing to clean up.
                         self.report_stop(reason);
@@ -180,126 +161,137 @@ impl SubscriptionTask {
                 },
             }
         };
-        let mut bound = match bound {
+        let (mut bound, mut pulls) = match bound {
             Ok(bound) => bound,
-            Err(err) => {
+            Err((bound, err)) => {
                 self.outbox.push_event(Event::SubError(sid, err));
+                if let Some(mut bound) = bound {
+                    self.cleanup(&mut bound, &mut registry, Stop::Unsubscribe)
+                        .await;
+                }
                 self.outbox.push_event(Event::SubUnsubscribed(sid));
                 return;
             }
         };
-        let mut ready_sent = false;
+        self.outbox.push_event(Event::SubReady(sid));
+        let limit = self.options.max_in_flight.max(1) as usize;
         let mut last_sequence = 0u64;
         let mut attempt = 0usize;
+        // Set while the consumer is lost: when to bind again.
+        let mut rebind_at: Option<Instant> = None;
+        // Set while the member holds all it may: when the next ack clock runs out.
+        let mut lapse_at: Option<Instant> = None;
         let reason = 'life: loop {
-            let opening =
-                bound
-                    .consumer
-                    .stream()
-                    .max_messages_per_batch(
-                        self.options.max_in_flight.clamp(1, MAX_PULL_BATCH) as usize
-                    )
-                    .heartbeat(PULL_HEARTBEAT)
-                    .messages();
-            let messages = match tokio::time::timeout(self.request_timeout, opening).await {
-                Ok(opened) => opened.map_err(|err| err.to_string()),
-                Err(_) => Err("opening the pull stream timed out".to_string()),
-            };
-            match messages {
-                Ok(mut messages) => {
-                    if !ready_sent {
-                        ready_sent = true;
-                        self.outbox.push_event(Event::SubReady(sid));
+            if rebind_at.is_none() {
+                while let Some(batch) = pulls.wanted(limit, registry.counted()) {
+                    if let Err(err) = pulls.ask(&bound.consumer, batch).await {
+                        tracing::debug!(sid, error = %err, "pull request not sent");
+                        rebind_at = Some(self.backoff(&mut attempt));
+                        break;
                     }
-                    loop {
-                        tokio::select! {
-                            biased;
-                            command = commands.recv() => {
-                                let reason = match command {
-                                    Some(SubCommand::Settle(ids, kind)) => {
-                                        self.settle(&mut registry, &ids, kind).await;
-                                        continue;
-                                    }
-                                    Some(SubCommand::Stop(reason)) => reason,
-                                    None => Stop::ConnectionClosed,
-                                };
-                                // Messages already received but not yet read
-                                // are registered, so cleanup hands them back
-                                // instead of leaving them to ackWait.
-                                let mut unread = DeliveryBatch::default();
-                                while let Some(Some(more)) = messages.next().now_or_never() {
-                                    self.collect(more, &mut unread, &mut last_sequence, &mut registry);
-                                }
-                                break 'life reason;
+                }
+                if lapse_at.is_none() && registry.counted() >= limit {
+                    lapse_at = registry.lapse(Instant::now());
+                }
+            }
+            let silent_after = pulls.silent_after().filter(|_| rebind_at.is_none());
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(SubCommand::Settle(ids, kind)) => {
+                        self.settle(&mut registry, &ids, kind).await;
+                        if registry.counted() < limit {
+                            lapse_at = None;
+                        }
+                    }
+                    Some(SubCommand::Reconnected) => pulls.forget_requests(),
+                    Some(SubCommand::Stop(reason)) => {
+                        // Messages already received but not yet read are
+                        // registered, so cleanup hands them back instead of
+                        // leaving them to ackWait.
+                        let mut unread = DeliveryBatch::default();
+                        while let Some(message) = pulls.try_next() {
+                            if let Pulled::Message(message) = pulls.sort(message) {
+                                self.collect(message, &mut unread, &mut last_sequence, &mut registry);
                             }
-                            next = messages.next() => {
-                                let Some(first) = next else { break };
-                                let mut batch = DeliveryBatch::default();
-                                let mut lost = !self.collect(first, &mut batch, &mut last_sequence, &mut registry);
-                                for _ in 1..DELIVERY_BATCH {
-                                    if lost {
-                                        break;
-                                    }
-                                    match messages.next().now_or_never() {
-                                        Some(Some(more)) => {
-                                            lost = !self.collect(more, &mut batch, &mut last_sequence, &mut registry);
-                                        }
-                                        _ => break,
-                                    }
-                                }
-                                self.outbox.push_deliveries(sid, batch);
-                                if lost {
-                                    break;
-                                }
-                                attempt = 0;
+                        }
+                        break 'life reason;
+                    }
+                    None => break 'life Stop::ConnectionClosed,
+                },
+                next = pulls.next() => {
+                    let Some(first) = next else { break 'life Stop::ConnectionClosed };
+                    let mut batch = DeliveryBatch::default();
+                    let mut next = Some(first);
+                    while let Some(message) = next.take() {
+                        match pulls.sort(message) {
+                            Pulled::Message(message) => {
+                                self.collect(message, &mut batch, &mut last_sequence, &mut registry);
                             }
+                            Pulled::Nothing => {}
+                            Pulled::Lost(why) => {
+                                tracing::debug!(sid, why, "consumer lost");
+                                rebind_at = Some(self.backoff(&mut attempt));
+                                break;
+                            }
+                        }
+                        if batch.len() < DELIVERY_BATCH {
+                            next = pulls.try_next();
+                        }
+                    }
+                    if !batch.is_empty() {
+                        attempt = 0;
+                    }
+                    self.outbox.push_deliveries(sid, batch);
+                }
+                _ = sleep_until(lapse_at) => {
+                    lapse_at = registry.lapse(Instant::now());
+                    if registry.counted() < limit {
+                        lapse_at = None;
+                    }
+                }
+                _ = sleep_until(silent_after) => {
+                    tracing::debug!(sid, "pull heartbeats stopped");
+                    pulls.forget_requests();
+                    rebind_at = Some(self.backoff(&mut attempt));
+                }
+                _ = sleep_until(rebind_at) => {
+                    // The consumer may be gone (a server restart without it, a
+                    // deletion): bind again, recreating it from its ack floor.
+                    rebind_at = None;
+                    pulls.forget_requests();
+                    let rebinding = self.rebind(&bound, &mut registry, last_sequence);
+                    match tokio::time::timeout(self.request_timeout, rebinding).await {
+                        Ok(Ok(consumer)) => bound.consumer = consumer,
+                        Ok(Err(err)) => {
+                            tracing::debug!(sid, error = %err, "rebinding the consumer failed");
+                            rebind_at = Some(self.backoff(&mut attempt));
+                        }
+                        Err(_) => {
+                            tracing::debug!(sid, "rebinding the consumer timed out");
+                            rebind_at = Some(self.backoff(&mut attempt));
                         }
                     }
                 }
-                Err(err) if !ready_sent => {
-                    self.outbox.push_event(Event::SubError(
-                        sid,
-                        JetstanError::new(ErrorCode::SubscribeFailed, err.to_string()),
-                    ));
-                    self.cleanup(&mut bound, &mut registry, Stop::Unsubscribe)
-                        .await;
-                    self.outbox.push_event(Event::SubUnsubscribed(sid));
-                    return;
-                }
-                Err(err) => tracing::debug!(sid, error = %err, "reopening the pull stream failed"),
-            }
-            // The pull stream ended or lost its consumer (a server restart
-            // without the consumer, a deletion): wait a little, then rebind,
-            // recreating the consumer from its ack floor.
-            let pause =
-                tokio::time::sleep(RECOVERY_BACKOFF[attempt.min(RECOVERY_BACKOFF.len() - 1)]);
-            tokio::pin!(pause);
-            attempt += 1;
-            loop {
-                tokio::select! {
-                    command = commands.recv() => match command {
-                        Some(SubCommand::Settle(ids, kind)) => self.settle(&mut registry, &ids, kind).await,
-                        Some(SubCommand::Stop(reason)) => break 'life reason,
-                        None => break 'life Stop::ConnectionClosed,
-                    },
-                    _ = &mut pause => break,
-                }
-            }
-            let rebinding = self.rebind(&bound, &mut registry, last_sequence);
-            match tokio::time::timeout(self.request_timeout, rebinding).await {
-                Ok(Ok(consumer)) => bound.consumer = consumer,
-                Ok(Err(err)) => tracing::debug!(sid, error = %err, "rebinding the consumer failed"),
-                Err(_) => tracing::debug!(sid, "rebinding the consumer timed out"),
             }
         };
         self.cleanup(&mut bound, &mut registry, reason).await;
         self.report_stop(reason);
     }
 
+    fn backoff(&self, attempt: &mut usize) -> Instant {
+        let pause = RECOVERY_BACKOFF[(*attempt).min(RECOVERY_BACKOFF.len() - 1)];
+        *attempt += 1;
+        Instant::now() + pause
+    }
+
     /// Bounded, so a stop behind it is still seen while the server is gone;
     /// unacked messages come back after ackWait, so nothing is lost.
     async fn settle(&self, registry: &mut Registry, ids: &[f64], kind: AckKind) {
-        let replies = registry.take(ids);
+        let replies = match kind {
+            AckKind::Progress => registry.restart_clocks(ids, Instant::now()),
+            _ => registry.take(ids),
+        };
         let sent = async {
             for reply in replies {
                 if self.client.publish(reply, ack_payload(kind)).await.is_err() {
@@ -323,51 +315,30 @@ impl SubscriptionTask {
         }
     }
 
-    /// Adds a message to the batch. Returns false when the pull stream
-    /// reported that its consumer is gone and must be rebound.
+    /// Adds a message to the batch and registers it as held.
     fn collect(
         &self,
-        next: Result<jetstream::Message, consumer::pull::MessagesError>,
+        message: async_nats::Message,
         batch: &mut DeliveryBatch,
         last_sequence: &mut u64,
         registry: &mut Registry,
-    ) -> bool {
-        let message = match next {
-            Ok(message) => message,
-            Err(err) => {
-                tracing::debug!(sid = self.sid, error = %err, "pull stream error");
-                use consumer::pull::MessagesErrorKind as Kind;
-                return !matches!(
-                    err.kind(),
-                    Kind::ConsumerDeleted | Kind::MissingHeartbeat | Kind::NoResponders
-                );
-            }
-        };
-        let (sequence, delivered, timestamp_ns) = match message.info() {
-            Ok(info) => (
-                info.stream_sequence,
-                info.delivered.max(1) as u64,
-                info.published.unix_timestamp_nanos(),
-            ),
-            Err(err) => {
-                tracing::debug!(sid = self.sid, error = %err, "message without JetStream metadata");
-                return true;
-            }
-        };
-        let jetstream::Message { message, .. } = message;
+    ) {
         let Some(reply) = message.reply else {
-            return true;
+            return;
         };
-        *last_sequence = (*last_sequence).max(sequence);
-        let ack_id = registry.register(reply, sequence);
+        let Some(info) = AckInfo::parse(&reply) else {
+            tracing::debug!(sid = self.sid, %reply, "message without JetStream metadata");
+            return;
+        };
+        *last_sequence = (*last_sequence).max(info.sequence);
         batch.push(
-            ack_id,
-            sequence,
-            timestamp_ns,
-            delivered - 1,
+            info.sequence,
+            info.sequence,
+            info.timestamp_ns,
+            info.delivered.max(1) - 1,
             &message.payload,
         );
-        true
+        registry.register(info.sequence, reply, Instant::now());
     }
 
     async fn bind(&self) -> Result<Bound, JetstanError> {
@@ -477,7 +448,7 @@ impl SubscriptionTask {
             deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_millis(u64::from(self.options.ack_wait_ms.max(1000))),
-            max_ack_pending: i64::from(self.options.max_in_flight.max(1)),
+            max_ack_pending: self.max_ack_pending(),
             filter_subject: self.options.subject.clone(),
             inactive_threshold: if durable {
                 Duration::ZERO
@@ -490,6 +461,19 @@ impl SubscriptionTask {
             .create_consumer_on_stream(config, stream)
             .await
             .map_err(|err| JetstanError::new(ErrorCode::SubscribeFailed, err.to_string()))
+    }
+
+    /// Each member holds at most its `maxInFlight` (see `pull`); the consumer's
+    /// own cap only matters for a subscription alone on it, where it keeps
+    /// order: nothing new is sent while a message waits for redelivery. A
+    /// queue group's members share the consumer, so its cap is the server's
+    /// default, or more if one member may hold more.
+    fn max_ack_pending(&self) -> i64 {
+        let member = i64::from(self.options.max_in_flight.max(1));
+        match self.identity {
+            Identity::Queue { .. } => member.max(GROUP_ACK_PENDING),
+            _ => member,
+        }
     }
 
     fn deliver_policy(&self) -> Result<consumer::DeliverPolicy, JetstanError> {
@@ -552,6 +536,31 @@ impl SubscriptionTask {
     }
 }
 
+/// What a JetStream delivery's reply subject says about it:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`,
+/// or with `<domain>.<account hash>` after `$JS.ACK` and a token at the end (ADR-15).
+struct AckInfo {
+    delivered: u64,
+    sequence: u64,
+    timestamp_ns: i128,
+}
+
+impl AckInfo {
+    fn parse(reply: &str) -> Option<AckInfo> {
+        let tokens: Vec<&str> = reply.split('.').collect();
+        if tokens.len() < 9 || tokens[0] != "$JS" || tokens[1] != "ACK" {
+            return None;
+        }
+        let first = if tokens.len() == 9 { 4 } else { 6 };
+        let number = |at: usize| tokens.get(first + at)?.parse::<u64>().ok();
+        Some(AckInfo {
+            delivered: number(0)?,
+            sequence: number(1)?,
+            timestamp_ns: i128::from(number(3)?),
+        })
+    }
+}
+
 fn deliver_policy(options: &SubscribeOptions) -> Result<consumer::DeliverPolicy, JetstanError> {
     use consumer::DeliverPolicy;
     Ok(match options.start_position {
@@ -579,4 +588,21 @@ fn deliver_policy(options: &SubscribeOptions) -> Result<consumer::DeliverPolicy,
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AckInfo;
+
+    #[test]
+    fn reads_delivery_facts_from_both_reply_forms() {
+        let v1 = AckInfo::parse("$JS.ACK.S.C.3.42.7.1700000000000000000.5").expect("v1");
+        assert_eq!((v1.delivered, v1.sequence), (3, 42));
+        assert_eq!(v1.timestamp_ns, 1_700_000_000_000_000_000);
+        let v2 =
+            AckInfo::parse("$JS.ACK.hub.ACCHASH.S.C.1.9.9.1700000000000000001.0.tok").expect("v2");
+        assert_eq!((v2.delivered, v2.sequence), (1, 9));
+        assert!(AckInfo::parse("$JS.ACK.S.C.x.42.7.1.5").is_none());
+        assert!(AckInfo::parse("_INBOX.abc").is_none());
+    }
 }

@@ -3,6 +3,7 @@
 mod consumer;
 pub mod manage;
 mod presence;
+mod pull;
 mod session;
 pub mod streams;
 

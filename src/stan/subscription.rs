@@ -55,17 +55,19 @@ impl SubscriptionTask {
                 command = commands.recv() => match command {
                     // STAN acks by sequence, and cannot refuse a message for
                     // good: a terminate is an ack too, never delivered again.
-                    // It has no negative ack: such a message returns after ackWait.
+                    // It has no negative ack (such a message returns after
+                    // ackWait), nor "in progress".
                     Some(SubCommand::Settle(ids, kind)) => {
                         // Bounded, so a stop behind it is still seen while the
                         // server is gone; an ack not sent means a redelivery.
-                        if kind != AckKind::Nak {
+                        if !matches!(kind, AckKind::Nak | AckKind::Progress) {
                             let acked = self.ack(&ack_inbox, &ids);
                             if tokio::time::timeout(self.request_timeout, acked).await.is_err() {
                                 tracing::debug!(sid, "acks not sent in time");
                             }
                         }
                     }
+                    Some(SubCommand::Reconnected) => {}
                     Some(SubCommand::Stop(stop)) => break stop,
                     None => break Stop::ConnectionClosed,
                 },
