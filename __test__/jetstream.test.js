@@ -203,19 +203,33 @@ describe('CLI', () => {
     const { spawn } = require('node:child_process')
     const child = spawn(process.execPath, [path.join(__dirname, '..', 'bin', 'jetstan.js'), 'kv', 'watch', bucket],
       { env: { ...process.env, NATS_URL: server.url }, stdio: ['ignore', 'pipe', 'inherit'] })
+    // One listener for the child's whole life: output that arrives while no
+    // listener is attached would be lost.
     let out = ''
-    const printed = (text) => new Promise((resolve) => {
-      const check = () => { if (out.includes(text)) { child.stdout.off('data', onData); resolve() } }
-      const onData = (chunk) => { out += chunk; check() }
-      child.stdout.on('data', onData)
+    const waiting = new Set()
+    child.stdout.on('data', (chunk) => {
+      out += chunk
+      for (const wait of waiting) wait()
+    })
+    const printed = (text) => new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { waiting.delete(check); reject(new Error(`'${text}' not printed; got: ${out}`)) }, 10000)
+      const check = () => {
+        if (!out.includes(text)) return
+        clearTimeout(timer)
+        waiting.delete(check)
+        resolve()
+      }
+      waiting.add(check)
       check()
     })
-    const exited = new Promise((resolve) => child.once('exit', resolve))
     await printed('k @ revision 1 PUT: v1')
     await kv.put('k', 'v2')
-    await printed('k @ revision 2 PUT: v2')
-    child.kill('SIGINT')
-    assert.equal(await exited, 0)
+    try {
+      await printed('k @ revision 2 PUT: v2')
+    } finally {
+      child.kill('SIGINT')
+    }
+    assert.equal(await once(child, 'exit', { timeoutMs: 10000, rejectOnError: false }), 0)
   })
 
   test('errors exit non-zero with a code; usage errors exit 2', async () => {
