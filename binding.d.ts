@@ -112,6 +112,15 @@ export interface ConnectOptions {
   user?: string
   pass?: string
   token?: string
+  /** An nkey seed (`SU…`): the server's nonce is signed with it. */
+  nkeySeed?: string
+  /** The contents of a `.creds` file (user JWT and seed). */
+  credentials?: string
+  tls?: TlsOptions
+  /** NATS protocol pings (async-nats's default, 60 s, when absent). */
+  pingIntervalMs?: number
+  /** Limits of the streams jetstan creates for channels. */
+  streamDefaults?: StreamDefaults
   connectTimeoutMs: number
   ackTimeoutMs: number
   /** `-1` or absent means reconnect forever, as 0.3.2 sets up its own NATS connection. */
@@ -190,6 +199,21 @@ export interface PublishFailure {
   message: string
 }
 
+/**
+ * `streamDefaults`, checked by JS: what an auto-created channel stream
+ * keeps. Absent fields take STAN's per-channel defaults.
+ */
+export interface StreamDefaults {
+  maxMsgs?: number
+  maxBytes?: number
+  maxAgeMs?: number
+  replicas?: number
+  /** `file` or `memory`. */
+  storage?: string
+  /** `old` or `new`. */
+  discard?: string
+}
+
 /** One subscription's settings, from 0.3.2's `SubscriptionOptions`. */
 export interface SubscribeOptions {
   subject: string
@@ -201,4 +225,16 @@ export interface SubscribeOptions {
   startSequence?: number
   /** How long ago, in milliseconds, for `TIME_DELTA_START`. */
   startTimeDeltaMs?: number
+}
+
+/**
+ * `tls` as JS resolved it: PEM contents (files already read), whether to
+ * verify the server, and whether to start with the TLS handshake.
+ */
+export interface TlsOptions {
+  ca?: string
+  cert?: string
+  key?: string
+  verify?: boolean
+  handshakeFirst?: boolean
 }

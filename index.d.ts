@@ -58,39 +58,77 @@ export type ErrorCode =
   | 'CLIENT_ID_IN_USE' | 'BAD_CLIENT_ID' | 'DUPLICATE_DURABLE' | 'CONNECTION_LOST' | 'INVALID_PAYLOAD'
   | 'BAD_CONFIG' | 'CONSUMER_NOT_FOUND' | 'BUCKET_NOT_FOUND' | 'KEY_EXISTS' | 'WRONG_REVISION' | 'BAD_KEY'
   | 'NOT_SUPPORTED'
-  | 'PROTOCOL_ERROR'
+  | 'PROTOCOL_ERROR' | 'AUTH_FAILED' | 'TLS_ERROR' | 'PERMISSION_DENIED'
 
 /** NATS connection options, as node-nats-streaming 0.3.2 forwarded them. */
 export interface ClientOpts {
   /** Only `'binary'` is accepted, as in 0.3.2. */
   encoding?: 'binary'
-  maxPingOut?: number
   /** Reconnect attempts; `-1` (the default) means forever. */
   maxReconnectAttempts?: number
   /** Connection name, visible in the server's monitoring. */
   name?: string
-  nkey?: string
   noRandomize?: boolean
-  nonceSigner?: Function
-  pass?: string
-  pedantic?: boolean
+  /** Milliseconds between NATS protocol pings (default 60000). */
   pingInterval?: number
   reconnect?: boolean
   /** Milliseconds between reconnect attempts (default 2000). */
   reconnectTimeWait?: number
-  /** Server pool; when given, the default `url` is not added to it. */
+  /**
+   * Server pool; when given, the default `url` is not added to it. A URL may
+   * carry credentials (`nats://user:pass@host`, `nats://token@host`); all the
+   * servers that carry some must carry the same.
+   */
   servers?: Array<string>
-  tls?: boolean | object
-  token?: string
-  tokenHandler?: Function
+  /** A URL may carry credentials: `nats://user:pass@host:4222` or `nats://token@host:4222`. */
   url?: string
-  useOldRequestStyle?: boolean
   user?: string
+  pass?: string
+  token?: string
+  /** An nkey user's seed (`SU…`): jetstan signs the server's nonce with it. */
+  nkeySeed?: string
+  /** Path of a `.creds` file (user JWT and nkey seed), for decentralised auth. */
   userCreds?: string
-  userJWT?: string | Function
-  verbose?: boolean
+  /**
+   * TLS: `true` requires it with the system's CAs; an object sets a private
+   * CA, a client certificate (mutual TLS), `rejectUnauthorized: false` (test
+   * servers only) and `handshakeFirst` (servers with `handshake_first`).
+   * `ca`, `cert` and `key` take PEM text or a file path. `tls://` URLs
+   * require TLS too.
+   */
+  tls?: boolean | TlsOptions
   waitOnFirstConnect?: boolean
-  yieldTime?: number
+  /** A protocol debug mode: only `false` is accepted. */
+  pedantic?: false
+  /** A protocol debug mode: only `false` is accepted. */
+  verbose?: false
+  /** Not supported (`BAD_OPTION`): pass the seed as `nkeySeed`. */
+  nkey?: never
+  /** Not supported (`BAD_OPTION`): pass the seed as `nkeySeed`. */
+  nonceSigner?: never
+  /** Not supported (`BAD_OPTION`): pass a `.creds` file as `userCreds`. */
+  userJWT?: never
+  /** Not supported (`BAD_OPTION`): pass `token`. */
+  tokenHandler?: never
+  /** Not supported (`BAD_OPTION`): tune `pingInterval`, or `stanMaxPingOut`. */
+  maxPingOut?: never
+  /** Not supported (`BAD_OPTION`): nothing to yield, parsing is off the JS thread. */
+  yieldTime?: never
+  /** Not supported (`BAD_OPTION`): requests always share one inbox. */
+  useOldRequestStyle?: never
+}
+
+export interface TlsOptions {
+  /** The CA(s) to trust instead of the system's: PEM text or a file path. */
+  ca?: string | Buffer
+  /** A client certificate (chain) for mutual TLS: PEM text or a file path; needs `key`. */
+  cert?: string | Buffer
+  /** The client certificate's private key: PEM text or a file path. */
+  key?: string | Buffer
+  /** `false` accepts any server certificate: for test servers only (default true). */
+  rejectUnauthorized?: boolean
+  /** Start with the TLS handshake, for servers configured with `handshake_first`. */
+  handshakeFirst?: boolean
 }
 
 export interface StanOptions extends ClientOpts {
@@ -131,6 +169,27 @@ export interface StanOptions extends ClientOpts {
    * With false, such publishes and subscriptions fail with `STREAM_NOT_FOUND`.
    */
   autoCreateStreams?: boolean
+  /**
+   * Limits of the streams jetstan creates for channels (jetstream backend).
+   * The defaults are nats-streaming-server's per-channel limits: 1,000,000
+   * messages or 1 GiB, oldest discarded first, no age limit; one replica.
+   */
+  streamDefaults?: StreamDefaults
+}
+
+export interface StreamDefaults {
+  /** Messages kept per channel; `-1`: no limit (default 1,000,000). */
+  maxMsgs?: number
+  /** Bytes kept per channel; `-1`: no limit (default 1 GiB). */
+  maxBytes?: number
+  /** Milliseconds a message is kept; `0`: no limit (the default). */
+  maxAge?: number
+  /** Copies in a cluster (default 1); 3 survives the loss of a node. */
+  replicas?: number
+  /** `'file'` (default) or `'memory'`. */
+  storage?: 'file' | 'memory'
+  /** What a full channel drops: `'old'` messages (default, as STAN) or `'new'` publishes. */
+  discard?: 'old' | 'new'
 }
 
 export declare class Message {

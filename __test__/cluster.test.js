@@ -42,6 +42,49 @@ async function connect (servers, clientID = unique('cluster')) {
   return sc
 }
 
+test('streamDefaults replicas: 3: an auto-created channel survives the loss of its leader', async () => {
+  const sc = await eventually('connecting', async () => {
+    const c = stan.connect(CLUSTER, unique('r3'), { servers: cluster.urls, reconnectTimeWait: 250, streamDefaults: { replicas: 3 } })
+    open.add(c)
+    await once(c, 'connect', { timeoutMs: 15000 })
+    return c
+  })
+  const channel = unique('r3')
+  const publishAll = (from, to) => Promise.all(Array.from({ length: to - from }, (_, i) => sc.publishAsync(channel, `m${from + i}`)))
+  await eventually('the first publishes', () => publishAll(0, 50))
+  const stream = `${CLUSTER}_${channel}`
+  const info = await sc.streams.info(stream)
+  assert.equal(info.config.num_replicas, 3)
+  assert.equal(info.config.max_msgs, 1000000)
+  const leader = cluster.nodes.findIndex((_, i) => info.cluster?.leader === `n${i}`)
+  assert.ok(leader >= 0, 'the stream has a leader')
+  await cluster.nodes[leader].kill()
+  try {
+    // Publishes wait out the election (resent until acked or ackTimeout).
+    await publishAll(50, 100)
+    const sub = sc.subscribe(channel, sc.subscriptionOptions().setDeliverAllAvailable())
+    const seen = new Set()
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${seen.size} of 100 messages after the kill`)), 30000)
+      sub.on('message', (msg) => {
+        seen.add(msg.getData())
+        if (seen.size === 100) { clearTimeout(timer); resolve() }
+      })
+    })
+    console.log(JSON.stringify({ test: 'r3-auto-created', published: 100, received: seen.size }))
+    assert.equal(seen.size, 100)
+  } finally {
+    await cluster.nodes[leader].start()
+    // The next test kills nodes too: the cluster must be whole again first.
+    await eventually('the restarted node catching up', async () => {
+      const healed = await sc.streams.info(stream)
+      const peers = healed.cluster?.replicas ?? []
+      if (peers.length < 2 || peers.some((peer) => !peer.current || peer.offline)) throw new Error('replicas not current yet')
+    })
+    await sc.close()
+  }
+})
+
 test('killing the stream leader, then the client\'s node, gives no error callback and loses no acked message', async () => {
   const admin = await eventually('connecting', () => connect(cluster.urls))
   const channel = unique('failover')

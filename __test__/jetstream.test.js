@@ -42,6 +42,29 @@ function cli (args, env = {}) {
 }
 
 describe('streams and consumers', () => {
+  test('auto-created channel streams get STAN\'s per-channel limits, or streamDefaults', async () => {
+    const channel = unique('limits')
+    await sc.publishAsync(channel, 'x')
+    const { config } = await sc.streams.info(`${CLUSTER}_${channel}`)
+    assert.deepEqual(
+      [config.max_msgs, config.max_bytes, config.max_age, config.discard, config.num_replicas, config.storage],
+      [1000000, 1024 * 1024 * 1024, 0, 'old', 1, 'file'])
+    const custom = stan.connect(CLUSTER, unique('limits'), { url: server.url, streamDefaults: { maxMsgs: 5, maxAge: 60000, storage: 'memory' } })
+    await once(custom, 'connect')
+    try {
+      const small = unique('small')
+      for (let i = 0; i < 8; i++) await custom.publishAsync(small, `m${i}`)
+      const info = await custom.streams.info(`${CLUSTER}_${small}`)
+      assert.deepEqual([info.config.max_msgs, info.config.max_age, info.config.storage], [5, 60000 * 1e6, 'memory'])
+      // STAN's discard: the oldest go.
+      assert.deepEqual([info.state.messages, info.state.first_seq], [5, 4])
+    } finally {
+      await custom.close()
+    }
+    assert.throws(() => stan.connect(CLUSTER, unique('bad'), { url: server.url, streamDefaults: { replicas: 0 } }), { code: 'BAD_OPTION' })
+    assert.throws(() => stan.connect(CLUSTER, unique('bad'), { url: server.url, backend: 'stan', streamDefaults: { maxMsgs: 5 } }), { code: 'BAD_OPTION' })
+  })
+
   test('a stream and a durable consumer from CLI-style JSON configs survive a restart with their messages', async () => {
     const name = unique('ORDERS').replace(/-/g, '_')
     const subject = `${name.toLowerCase()}.>`

@@ -35,6 +35,9 @@ pub enum ErrorCode {
     BadKey,
     NotSupported,
     ProtocolError,
+    AuthFailed,
+    TlsError,
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -67,6 +70,9 @@ impl ErrorCode {
             ErrorCode::BadKey => "BAD_KEY",
             ErrorCode::NotSupported => "NOT_SUPPORTED",
             ErrorCode::ProtocolError => "PROTOCOL_ERROR",
+            ErrorCode::AuthFailed => "AUTH_FAILED",
+            ErrorCode::TlsError => "TLS_ERROR",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 }

@@ -5,11 +5,13 @@
 //! task per connection owning its lifecycle, with `publish` for what is in
 //! flight), the two backends behind its `Protocol` trait — `jetstream`
 //! (STAN semantics on streams and consumers) and `stan` (the legacy wire
-//! protocol) — over `link` (the NATS connection both use), and the
+//! protocol) — over `link` (the NATS connection both use, with `auth` for
+//! credentials and TLS), and the
 //! backend-neutral `options`, `subject` and `error` modules.
 
 #![deny(clippy::all)]
 
+pub mod auth;
 pub mod connection;
 pub mod deadline;
 pub mod error;

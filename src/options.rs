@@ -20,6 +20,15 @@ pub struct ConnectOptions {
     pub user: Option<String>,
     pub pass: Option<String>,
     pub token: Option<String>,
+    /// An nkey seed (`SU…`): the server's nonce is signed with it.
+    pub nkey_seed: Option<String>,
+    /// The contents of a `.creds` file (user JWT and seed).
+    pub credentials: Option<String>,
+    pub tls: Option<crate::auth::TlsOptions>,
+    /// NATS protocol pings (async-nats's default, 60 s, when absent).
+    pub ping_interval_ms: Option<u32>,
+    /// Limits of the streams jetstan creates for channels.
+    pub stream_defaults: Option<StreamDefaults>,
     pub connect_timeout_ms: u32,
     pub ack_timeout_ms: u32,
     /// `-1` or absent means reconnect forever, as 0.3.2 sets up its own NATS connection.
@@ -66,6 +75,21 @@ impl ConnectOptions {
         }
         self.servers.iter().map(|s| normalize_url(s)).collect()
     }
+}
+
+/// `streamDefaults`, checked by JS: what an auto-created channel stream
+/// keeps. Absent fields take STAN's per-channel defaults.
+#[napi(object)]
+#[derive(Clone, Debug, Default)]
+pub struct StreamDefaults {
+    pub max_msgs: Option<i64>,
+    pub max_bytes: Option<i64>,
+    pub max_age_ms: Option<i64>,
+    pub replicas: Option<u32>,
+    /// `file` or `memory`.
+    pub storage: Option<String>,
+    /// `old` or `new`.
+    pub discard: Option<String>,
 }
 
 /// Start position numbers as 0.3.2 puts them on the wire.

@@ -309,6 +309,21 @@ impl Publisher {
         }
     }
 
+    /// Fails every publish in flight on `channel`; returns how many.
+    pub fn deny(&mut self, channel: &str, err: &JetstanError) -> usize {
+        let denied: Vec<u32> = self
+            .in_flight
+            .iter()
+            .filter(|(_, entry)| entry.request.channel.as_str() == channel)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in &denied {
+            self.in_flight.remove(token);
+            self.failed.push((*token, err.clone()));
+        }
+        denied.len()
+    }
+
     pub fn on_written(&mut self, failed: Vec<(u32, JetstanError)>) {
         for (token, err) in failed {
             if self.in_flight.remove(&token).is_some() {

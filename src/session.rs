@@ -74,6 +74,8 @@ pub enum SubCommand {
     /// The connection came back: what the subscription asked the server for
     /// may have been lost with the old one.
     Reconnected,
+    /// The server refused a request this subscription made while setting up.
+    Denied(JetstanError),
     Stop(Stop),
 }
 
@@ -89,6 +91,15 @@ pub enum Ending {
     GaveUp,
 }
 
+/// The server refused a publish or a subscription on `subject` for want of
+/// permission; it keeps the connection.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub publish: bool,
+    pub subject: String,
+    pub message: String,
+}
+
 pub enum Command {
     Publish(PublishRequest),
     Subscribe(u32, SubscribeOptions),
@@ -97,6 +108,7 @@ pub enum Command {
     Close,
     /// From the NATS link and the liveness watch.
     Reconnected,
+    Denied(Denial),
     End(Ending),
 }
 
@@ -202,6 +214,9 @@ pub trait Protocol: Send + 'static {
 
     /// The channel's destination stopped answering: look again next time.
     fn forget(live: &Self::Live, channel: &str);
+
+    /// The channel a refused publish subject carries, if it is one.
+    fn denied_channel<'a>(live: &Self::Live, subject: &'a str) -> Option<&'a str>;
 
     /// Tells the server the connection ends (STAN's close request) and stops
     /// the backend's own tasks. An error is what `close` reports.
@@ -391,6 +406,7 @@ async fn run<P: Protocol>(ctx: Context, mut commands: mpsc::UnboundedReceiver<Co
 
 struct SubEntry {
     commands: mpsc::UnboundedSender<SubCommand>,
+    channel: String,
     /// Cleared on unsubscribe/close, so the durable can be taken again at once.
     durable: Option<String>,
     task: JoinHandle<()>,
@@ -510,6 +526,7 @@ impl<P: Protocol> Open<P> {
                     |channel| P::resolve(&self.live, channel),
                 )
             }
+            Command::Denied(denial) => self.on_denied(denial),
             Command::Close => return Some(Ending::Closed),
             Command::End(ending) => return Some(ending),
         }
@@ -529,6 +546,7 @@ impl<P: Protocol> Open<P> {
             return;
         }
         let (commands, received) = mpsc::unbounded_channel();
+        let channel = options.subject.clone();
         let run = P::subscribe(&self.live, &self.ctx, &self.client, sid, options, received);
         let ended = self.ended_tx.clone();
         let task = napi::bindgen_prelude::spawn(async move {
@@ -539,10 +557,40 @@ impl<P: Protocol> Open<P> {
             sid,
             SubEntry {
                 commands,
+                channel,
                 durable,
                 task,
             },
         );
+    }
+
+    /// A refused publish fails the publishes in flight on its channel; a
+    /// refused JetStream consumer request fails the subscriptions setting up
+    /// on that channel; anything else is the connection's `error`.
+    fn on_denied(&mut self, denial: Denial) {
+        let err = JetstanError::new(
+            ErrorCode::PermissionDenied,
+            format!("stan: permission denied: {}", denial.message),
+        );
+        if denial.publish {
+            if let Some(channel) = P::denied_channel(&self.live, &denial.subject) {
+                if self.publisher.deny(channel, &err) > 0 {
+                    return;
+                }
+            }
+        }
+        let mut claimed = false;
+        if denial.subject.starts_with("$JS.API.CONSUMER.") {
+            for entry in self.subs.values() {
+                let suffix = denial.subject.len().checked_sub(entry.channel.len() + 1);
+                if suffix.is_some_and(|at| denial.subject[at..] == format!(".{}", entry.channel)) {
+                    claimed |= entry.commands.send(SubCommand::Denied(err.clone())).is_ok();
+                }
+            }
+        }
+        if !claimed {
+            self.ctx.outbox().push_event(Event::Error(err));
+        }
     }
 
     fn on_ack(&mut self, ack: &async_nats::Message) {

@@ -152,6 +152,12 @@ impl SubscriptionTask {
                 command = commands.recv() => match command {
                     // Nothing was delivered yet, so nothing to settle.
                     Some(SubCommand::Settle(..) | SubCommand::Reconnected) => {}
+                    // A request of ours was refused: the answer will never come.
+                    Some(SubCommand::Denied(err)) => {
+                        self.outbox.push_event(Event::SubError(sid, err));
+                        self.outbox.push_event(Event::SubUnsubscribed(sid));
+                        return;
+                    }
                     Some(SubCommand::Stop(reason)) => {
                         // Stopped before the consumer existed: nothing to clean up.
                         self.report_stop(reason);
@@ -205,6 +211,7 @@ impl SubscriptionTask {
                         }
                     }
                     Some(SubCommand::Reconnected) => pulls.forget_requests(),
+                    Some(SubCommand::Denied(_)) => {}
                     Some(SubCommand::Stop(reason)) => {
                         // Messages already received but not yet read are
                         // registered, so cleanup hands them back instead of

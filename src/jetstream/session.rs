@@ -90,6 +90,7 @@ impl Protocol for JetStream {
         let streams = Arc::new(StreamCache::new(
             options.cluster_id.clone(),
             options.auto_create_streams.unwrap_or(true),
+            options.stream_defaults.clone().unwrap_or_default(),
         ));
         let liveness = tokio::spawn(watch_liveness(
             ctx.clone(),
@@ -213,6 +214,10 @@ impl Protocol for JetStream {
 
     fn forget(live: &Live, channel: &str) {
         live.streams.forget(channel);
+    }
+
+    fn denied_channel<'a>(_: &Live, subject: &'a str) -> Option<&'a str> {
+        Some(subject)
     }
 
     async fn finish(live: Live, _: &Client, _: &Ending) -> Option<JetstanError> {

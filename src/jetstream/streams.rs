@@ -9,6 +9,12 @@ use async_nats::jetstream::{self, context::GetStreamByNameErrorKind, stream};
 use parking_lot::Mutex;
 
 use crate::error::{ErrorCode, JetstanError, Result};
+use crate::options::StreamDefaults;
+
+/// nats-streaming-server's per-channel limits, which a STAN user's disk was
+/// sized for: a million messages or 1 GiB, the oldest dropped first.
+const STAN_MAX_MSGS: i64 = 1_000_000;
+const STAN_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 
 /// Names are kept well below file-system limits: the server makes a
 /// directory per stream.
@@ -70,14 +76,16 @@ fn fnv1a(parts: &[&str]) -> u64 {
 pub struct StreamCache {
     cluster_id: String,
     auto_create: bool,
+    defaults: StreamDefaults,
     by_channel: Mutex<HashMap<String, String>>,
 }
 
 impl StreamCache {
-    pub fn new(cluster_id: String, auto_create: bool) -> Self {
+    pub fn new(cluster_id: String, auto_create: bool, defaults: StreamDefaults) -> Self {
         Self {
             cluster_id,
             auto_create,
+            defaults,
             by_channel: Mutex::new(HashMap::new()),
         }
     }
@@ -121,10 +129,24 @@ impl StreamCache {
     }
 
     async fn create(&self, js: &jetstream::Context, channel: &str) -> Result<String> {
+        let defaults = &self.defaults;
         let config = stream::Config {
             name: stream_name(&self.cluster_id, channel),
             subjects: vec![channel.to_string()],
-            storage: stream::StorageType::File,
+            storage: match defaults.storage.as_deref() {
+                Some("memory") => stream::StorageType::Memory,
+                _ => stream::StorageType::File,
+            },
+            max_messages: defaults.max_msgs.unwrap_or(STAN_MAX_MSGS),
+            max_bytes: defaults.max_bytes.unwrap_or(STAN_MAX_BYTES),
+            max_age: std::time::Duration::from_millis(
+                defaults.max_age_ms.unwrap_or(0).max(0).unsigned_abs(),
+            ),
+            num_replicas: defaults.replicas.unwrap_or(1).max(1) as usize,
+            discard: match defaults.discard.as_deref() {
+                Some("new") => stream::DiscardPolicy::New,
+                _ => stream::DiscardPolicy::Old,
+            },
             ..Default::default()
         };
         match js.get_or_create_stream(config).await {

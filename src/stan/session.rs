@@ -210,6 +210,12 @@ impl Protocol for Stan {
 
     fn forget(_: &Live, _: &str) {}
 
+    fn denied_channel<'a>(live: &Live, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(live.routes.pub_prefix.as_str())?
+            .strip_prefix('.')
+    }
+
     async fn finish(live: Live, client: &Client, ending: &Ending) -> Option<JetstanError> {
         for task in &live.background {
             task.abort();

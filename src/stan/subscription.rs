@@ -67,7 +67,7 @@ impl SubscriptionTask {
                             }
                         }
                     }
-                    Some(SubCommand::Reconnected) => {}
+                    Some(SubCommand::Reconnected | SubCommand::Denied(_)) => {}
                     Some(SubCommand::Stop(stop)) => break stop,
                     None => break Stop::ConnectionClosed,
                 },

@@ -55,9 +55,11 @@ class StanDouble {
    * @param {string} [opts.clusterID]   default 'test-cluster'
    * @param {number} [opts.probeTimeoutMs] duplicate-client-ID probe (default 500)
    * @param {number} [opts.heartbeatIntervalMs] 0 disables heartbeats (default)
+   * @param {object} [opts.natsOptions] more nats.js connect options (credentials, tls) for a secured server
    */
-  constructor ({ url, clusterID = 'test-cluster', discoverPrefix = '_STAN.discover', probeTimeoutMs = 500, heartbeatIntervalMs = 0 }) {
+  constructor ({ url, clusterID = 'test-cluster', discoverPrefix = '_STAN.discover', probeTimeoutMs = 500, heartbeatIntervalMs = 0, natsOptions = {} }) {
     this.url = url
+    this.natsOptions = natsOptions
     this.clusterID = clusterID
     this.discoverSubject = `${discoverPrefix}.${clusterID}`
     this.subjects = {
@@ -81,6 +83,7 @@ class StanDouble {
     // Like a real streaming server's embedded client: reconnect for as long
     // as it takes, so tests may stop and restart nats-server under it.
     this.nc = await connect({
+      ...this.natsOptions,
       servers: this.url,
       name: `stan-double-${this.clusterID}`,
       maxReconnectAttempts: -1,
