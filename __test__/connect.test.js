@@ -99,6 +99,7 @@ describe('connect', () => {
       const err = await once(sc, 'error')
       assert.equal(err.code, 'CONNECT_TIMEOUT')
       assert.equal(err.message, 'stan: connect request timeout')
+      assert.deepEqual([err.clusterID, err.servers], [CLUSTER, [`nats://127.0.0.1:${silent.address().port}`]])
       await closed
     } finally {
       for (const socket of sockets) socket.destroy()

@@ -98,6 +98,9 @@ describe('user and password, token, nkey', () => {
       assert.match(wrong.message, new RegExp(`127\\.0\\.0\\.1:${port}`))
       assert.match(wrong.message, /user 'alice'/)
       assert.equal(wrong.message.includes('wr0ng-pa55'), false)
+      // Who and where, as fields: the server list without the credentials.
+      assert.deepEqual([wrong.clusterID, wrong.servers], [CLUSTER, [`nats://127.0.0.1:${port}`]])
+      assert.match(wrong.clientID, /^sec-/)
       const none = await refused({ url: `nats://127.0.0.1:${port}` }, backend)
       assert.equal(none.code, 'AUTH_FAILED')
     })

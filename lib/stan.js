@@ -38,6 +38,8 @@ class Stan extends EventEmitter {
     this.clusterID = clusterID
     this.clientID = clientID
     this.options = options
+    // For error messages: the servers without any credentials in their URLs.
+    this._servers = native.servers.map((url) => url.replace(/^([a-z]+:\/\/)?[^@/]*@/i, '$1'))
     this._state = CONNECTING
     this._maxInFlight = Math.max(1, Math.trunc(options.maxPubAcksInflight))
     this._pending = new Map()
@@ -247,6 +249,17 @@ class Stan extends EventEmitter {
     if (closed) this._onClosed(closeError)
   }
 
+  /**
+   * 0.3.2's message text stays as it was (applications compare it); who and
+   * where go in fields, which Node prints with the error.
+   */
+  _withContext (err) {
+    err.clusterID = this.clusterID
+    err.clientID = this.clientID
+    err.servers = this._servers
+    return err
+  }
+
   _onEvent (event) {
     switch (event.kind) {
       case 'connect':
@@ -256,11 +269,13 @@ class Stan extends EventEmitter {
         this._sendWaiting()
         this.emit('connect', this)
         break
-      case 'connect_error':
+      case 'connect_error': {
         this._state = CLOSING
-        this._failPending(fromNative(event))
-        this.emit('error', fromNative(event))
+        const err = this._withContext(fromNative(event))
+        this._failPending(err)
+        this.emit('error', err)
         break
+      }
       case 'connection_lost': {
         // 0.3.2: pending publishes get the same error, then `close` follows.
         const err = fromNative(event)
