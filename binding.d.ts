@@ -27,6 +27,11 @@ export declare class Connection {
    * error message for every miss, which cost more than the publish itself.
    */
   publishText(subject: string, data: string, token: number, guid: string): void
+  /**
+   * `publish` with application headers (JetStream): `headers` is
+   * `[name, value, name, value, …]`, checked by JS.
+   */
+  publishWithHeaders(subject: string, data: Uint8Array, token: number, guid: string, headers: Array<string>): void
   subscribe(sid: number, options: SubscribeOptions): void
   /**
    * `close: true` keeps durable state (`Subscription.close()`), `false`
@@ -45,6 +50,10 @@ export declare class Connection {
    * "in progress"); STAN has no such thing and ignores it.
    */
   progress(sid: number, ids: Float64Array): void
+  /** The stan backend's ConnectResponse subjects, once connected. */
+  protocolSubjects(): ProtocolSubjects | null
+  /** `[messages, payload bytes]` published so far. */
+  published(): Array<number>
   /** Everything that became ready since the last poll, in one crossing. */
   poll(): Poll
   close(): void
@@ -119,6 +128,8 @@ export interface ConnectOptions {
   tls?: TlsOptions
   /** NATS protocol pings (async-nats's default, 60 s, when absent). */
   pingIntervalMs?: number
+  /** Log lines of this connection go to its outbox (JS's `logger`). */
+  logger?: boolean
   /** Limits of the streams jetstan creates for channels. */
   streamDefaults?: StreamDefaults
   connectTimeoutMs: number
@@ -150,6 +161,12 @@ export interface Delivery {
   sid: number
   data: Buffer
   meta: Float64Array
+  /**
+   * Which messages have headers, and theirs (`headerText[k]` belongs to
+   * message `headerIndex[k]`); absent when none has.
+   */
+  headerIndex?: Uint32Array
+  headerText?: Array<string>
 }
 
 export interface KvEntry {
@@ -191,6 +208,18 @@ export interface Poll {
   acked: Uint32Array
   failed: Array<PublishFailure>
   deliveries: Array<Delivery>
+}
+
+/**
+ * What a nats-streaming-server told this client to use; 0.3.2 kept them
+ * as properties of the connection, and services log them.
+ */
+export interface ProtocolSubjects {
+  pubPrefix: string
+  subRequests: string
+  unsubRequests: string
+  subCloseRequests: string
+  closeRequests: string
 }
 
 export interface PublishFailure {

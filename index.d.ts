@@ -58,7 +58,7 @@ export type ErrorCode =
   | 'CLIENT_ID_IN_USE' | 'BAD_CLIENT_ID' | 'DUPLICATE_DURABLE' | 'CONNECTION_LOST' | 'INVALID_PAYLOAD'
   | 'BAD_CONFIG' | 'CONSUMER_NOT_FOUND' | 'BUCKET_NOT_FOUND' | 'KEY_EXISTS' | 'WRONG_REVISION' | 'BAD_KEY'
   | 'NOT_SUPPORTED'
-  | 'PROTOCOL_ERROR' | 'AUTH_FAILED' | 'TLS_ERROR' | 'PERMISSION_DENIED'
+  | 'PROTOCOL_ERROR' | 'AUTH_FAILED' | 'TLS_ERROR' | 'PERMISSION_DENIED' | 'KEY_NOT_FOUND'
 
 /** NATS connection options, as node-nats-streaming 0.3.2 forwarded them. */
 export interface ClientOpts {
@@ -170,6 +170,11 @@ export interface StanOptions extends ClientOpts {
    */
   autoCreateStreams?: boolean
   /**
+   * Gets this connection's log lines (level, target, message, fields) instead
+   * of stderr: the lifecycle at info, or what `JETSTAN_LOG` enables.
+   */
+  logger?: (line: string) => void
+  /**
    * Limits of the streams jetstan creates for channels (jetstream backend).
    * The defaults are nats-streaming-server's per-channel limits: 1,000,000
    * messages or 1 GiB, oldest discarded first, no age limit; one replica.
@@ -208,6 +213,11 @@ export declare class Message {
   /** 0 on the first delivery. */
   getRedeliveryCount (): number
   getCrc32 (): number
+  /**
+   * Headers set by the publisher (jetstream backend; not jetstan's own
+   * `Nats-Msg-Id`): several values of one name joined with ', '. `{}` when none.
+   */
+  getHeaders (): Record<string, string>
   /** Acknowledges the message; a no-op once the subscription is closed. */
   ack (): void
 }
@@ -243,11 +253,42 @@ export interface AckHandlerCallback {
   (err: Error | undefined, guid: string): void
 }
 
+export interface PublishOptions {
+  /** Headers (jetstream backend only; `BAD_OPTION` on stan): a value or several per name. */
+  headers?: Record<string, string | string[]> | Map<string, string | string[]>
+}
+
+export interface Stats {
+  /** Messages published, and their payload bytes. */
+  msgsOut: number
+  bytesOut: number
+  /** Messages delivered to this connection's subscriptions, and their payload bytes. */
+  msgsIn: number
+  bytesIn: number
+  /** Publishes waiting for their ack, or for room under `maxPubAcksInflight`. */
+  publishesPending: number
+  /** Delivered messages not yet acked (or terminated). */
+  acksPending: number
+  /** Deliveries that were redeliveries. */
+  redelivered: number
+  reconnects: number
+}
+
 export declare class Stan extends EventEmitter {
   readonly clusterID: string
   readonly clientID: string
   /** The effective options. */
   readonly options: StanOptions
+  readonly stanPingInterval: number
+  readonly stanMaxPingOut: number
+  /** The stan backend, once connected: the subjects the server told this client to use. */
+  readonly pubPrefix?: string
+  readonly subRequests?: string
+  readonly unsubRequests?: string
+  readonly subCloseRequests?: string
+  readonly closeRequests?: string
+  /** Counters since connect; cheap enough to read every second. */
+  stats (): Stats
   /**
    * Closes the connection; `close` follows. Pending publishes fail with
    * `CONNECTION_CLOSED`. The returned promise resolves at `close` and never rejects.
@@ -260,7 +301,7 @@ export declare class Stan extends EventEmitter {
    */
   drain (): Promise<void>
   /** Resolves with the guid once the server stored the message; waits for room instead of throwing. */
-  publishAsync (subject: string, data?: Uint8Array | string | Buffer | null): Promise<string>
+  publishAsync (subject: string, data?: Uint8Array | string | Buffer | null, options?: PublishOptions): Promise<string>
   /** JetStream stream management, configs as the NATS CLI writes them. */
   readonly streams: Streams
   /** JetStream consumer management, configs as the NATS CLI writes them. */
@@ -274,6 +315,7 @@ export declare class Stan extends EventEmitter {
    * the server stored the message, or with the error.
    */
   publish (subject: string, data?: Uint8Array | string | Buffer | null, callback?: AckHandlerCallback): string
+  publish (subject: string, data: Uint8Array | string | Buffer | null, options: PublishOptions, callback?: AckHandlerCallback): string
   publish (subject: string, callback: AckHandlerCallback): string
   subscribe (subject: string, opts?: SubscriptionOptions): Subscription
   subscribe (subject: string, qGroup: string, opts?: SubscriptionOptions): Subscription
@@ -367,7 +409,11 @@ export declare abstract class Publisher<T extends BusEvent> {
   protected client: Stan
   constructor (client: Stan)
   /** Resolves with the guid once the server stored the event. */
-  publish (data: T['data']): Promise<string>
+  /**
+   * `headers` travel with the event (jetstream backend), and so does the
+   * active OpenTelemetry context when @opentelemetry/api is installed.
+   */
+  publish (data: T['data'], options?: PublishOptions): Promise<string>
 }
 
 /**
@@ -432,7 +478,7 @@ export interface ListenOptions {
 /** A typed bus over a map of subject → payload type. */
 export interface Bus<M extends Record<string, unknown>> {
   readonly client: Stan
-  publish<K extends keyof M & string> (subject: K, data: M[K]): Promise<string>
+  publish<K extends keyof M & string> (subject: K, data: M[K], options?: PublishOptions): Promise<string>
   listen<K extends keyof M & string> (
     subject: K,
     options: ListenOptions,

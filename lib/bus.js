@@ -7,6 +7,7 @@
 
 const { EventEmitter } = require('node:events')
 const { StanError, closedError, emitGuarded } = require('./errors')
+const { traced, handled } = require('./otel')
 
 /**
  * Plain JSON, byte for byte what `JSON.stringify` writes and `JSON.parse`
@@ -89,10 +90,19 @@ class Publisher {
     this.schema = undefined
   }
 
-  /** Resolves with the guid once the server stored the event. */
-  async publish (data) {
+  /**
+   * Resolves with the guid once the server stored the event. `headers`
+   * (jetstream backend) travel with it, and so does the active trace
+   * context when @opentelemetry/api is installed.
+   */
+  async publish (data, { headers } = {}) {
     const value = await validate(this.schema, data, this.subject)
-    return this.client.publishAsync(this.subject, encode(this.codec, value, this.subject))
+    const payload = encode(this.codec, value, this.subject)
+    const withHeaders = this.client.options.backend === 'jetstream'
+    return traced(this.subject, withHeaders, (trace) => {
+      const all = trace === undefined ? headers : { ...headers, ...trace }
+      return this.client.publishAsync(this.subject, payload, all === undefined ? undefined : { headers: all })
+    })
   }
 }
 
@@ -282,7 +292,7 @@ class Listener extends EventEmitter {
       const data = await this._decode(msg)
       if (data === INVALID) return
       try {
-        await this.onMessage(data, msg)
+        await handled(this.subject, this.queueGroupName, msg, () => this.onMessage(data, msg))
       } catch (err) {
         // Left unacked: the server delivers it again after ackWait.
         this._report(err)
@@ -351,12 +361,12 @@ const INVALID = Symbol('invalid payload')
 function createBus (client, { codec = jsonCodec, schemas = {} } = {}) {
   return {
     client,
-    publish (subject, data) {
+    publish (subject, data, options) {
       const publisher = new Publisher(client)
       publisher.subject = subject
       publisher.codec = codec
       publisher.schema = schemas[subject]
-      return publisher.publish(data)
+      return publisher.publish(data, options)
     },
     listen (subject, { queueGroupName, ackWait, maxConcurrent, deadLetterSubject } = {}, handler) {
       const listener = new Listener(client)

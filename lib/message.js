@@ -15,6 +15,7 @@ class Message {
     this._offset = offset
     this._length = length
     this._deferAck = false
+    this._headerText = undefined
   }
 
   getSubject () { return this.subscription.subject }
@@ -32,6 +33,24 @@ class Message {
   isRedelivered () { return this._redeliveries > 0 }
   getRedeliveryCount () { return this._redeliveries }
   getCrc32 () { return 0 }
+
+  /**
+   * The application headers a jetstream publish set (not the `Nats-Msg-Id`
+   * jetstan sets on every one): names as sent, several values of one name
+   * joined with ', '. `{}` when there are none.
+   */
+  getHeaders () {
+    const headers = {}
+    if (this._headerText === undefined) return headers
+    for (const line of this._headerText.split('\r\n')) {
+      const colon = line.indexOf(':')
+      if (colon <= 0) continue
+      const name = line.slice(0, colon)
+      const value = line.slice(colon + 1).trimStart()
+      headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`
+    }
+    return headers
+  }
 
   /** Acks the message; a no-op once the subscription or connection is closed. */
   ack () { this.subscription._queueAck(this._ackId) }

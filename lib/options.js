@@ -82,6 +82,9 @@ function checkTypes (options) {
       throw badOption(`option '${key}' must be a boolean, got ${typeof options[key]}`)
     }
   }
+  if (options.logger !== undefined && typeof options.logger !== 'function') {
+    throw badOption("option 'logger' must be a function taking one log line")
+  }
   if (options.servers !== undefined &&
       (!Array.isArray(options.servers) || options.servers.some((s) => typeof s !== 'string'))) {
     throw badOption("option 'servers' must be an array of strings")
@@ -159,6 +162,7 @@ function parseConnectArgs (clusterID, clientID, opts) {
     tls: tlsOptions(options.tls),
     pingIntervalMs: options.pingInterval === undefined ? undefined : Math.ceil(options.pingInterval),
     streamDefaults: streamDefaults(options.streamDefaults, options.backend),
+    logger: options.logger !== undefined,
     connectTimeoutMs: Math.ceil(options.connectTimeout),
     ackTimeoutMs: Math.ceil(options.ackTimeout),
     maxReconnectAttempts: options.reconnect === false ? 0 : Math.trunc(options.maxReconnectAttempts),

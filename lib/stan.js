@@ -31,6 +31,34 @@ function payloadOf (data) {
  * lives in Rust; this class keeps the JS-facing parts (callbacks, events,
  * subscriptions by id) and drains the native side once per wake.
  */
+// Printable ASCII without ':' (a NATS header name), and values without line breaks.
+const HEADER_NAME = /^[!-9;-~]+$/
+const HEADER_VALUE = /^[^\r\n]*$/
+
+/**
+ * `{ headers }` of a publish as `[name, value, …]`; headers are an object
+ * or a Map of names to a string or an array of strings.
+ */
+function headerList (options, backend) {
+  if (typeof options !== 'object') throw stanError('BAD_OPTION', 'stan: publish options must be an object ({ headers })')
+  for (const key of Object.keys(options)) {
+    if (key !== 'headers') throw stanError('BAD_OPTION', `stan: publish option '${key}' is not supported (expected headers)`)
+  }
+  if (options.headers === undefined) return undefined
+  if (backend !== 'jetstream') throw stanError('BAD_OPTION', 'stan: headers need the jetstream backend; STAN messages carry none')
+  const entries = options.headers instanceof Map ? [...options.headers] : Object.entries(options.headers ?? {})
+  const list = []
+  for (const [name, value] of entries) {
+    if (typeof name !== 'string' || !HEADER_NAME.test(name)) throw stanError('BAD_OPTION', `stan: invalid header name '${name}'`)
+    if (name.toLowerCase() === 'nats-msg-id') throw stanError('BAD_OPTION', 'stan: Nats-Msg-Id is set by jetstan (the guid)')
+    for (const one of Array.isArray(value) ? value : [value]) {
+      if (typeof one !== 'string' || !HEADER_VALUE.test(one)) throw stanError('BAD_OPTION', `stan: header '${name}' must be a string without line breaks`)
+      list.push(name, one)
+    }
+  }
+  return list.length > 0 ? list : undefined
+}
+
 class Stan extends EventEmitter {
   constructor (clusterID, clientID, opts) {
     super()
@@ -48,6 +76,10 @@ class Stan extends EventEmitter {
     this._subs = new Map()
     this._nextSid = 0
     this._whenClosed = new Promise((resolve) => this.once('close', () => resolve()))
+    // 0.3.2's readable settings; the stan backend adds the server's subjects on connect.
+    this.stanPingInterval = options.stanPingInterval
+    this.stanMaxPingOut = options.stanMaxPingOut
+    this._stats = { msgsIn: 0, bytesIn: 0, redelivered: 0, acked: 0, reconnects: 0 }
     this._settledListeners = []
     try {
       this._native = new Connection(native, () => this._onWake())
@@ -57,6 +89,26 @@ class Stan extends EventEmitter {
   }
 
   isClosed () { return this._state >= CLOSING }
+
+  /**
+   * Counters since connect, cheap enough to read every second: messages and
+   * payload bytes published and received, publishes awaiting their ack (or
+   * room), received messages not yet acked, redeliveries, reconnects.
+   */
+  stats () {
+    const [msgsOut, bytesOut] = this._native.published()
+    const { msgsIn, bytesIn, redelivered, acked, reconnects } = this._stats
+    return {
+      msgsOut,
+      bytesOut,
+      msgsIn,
+      bytesIn,
+      publishesPending: this._pending.size + this._waiting.length,
+      acksPending: Math.max(0, msgsIn - acked),
+      redelivered,
+      reconnects
+    }
+  }
 
   /** Stream management (JetStream): `add`, `update`, `info`, `list`, `delete`. */
   get streams () { return new Streams(this) }
@@ -75,10 +127,13 @@ class Stan extends EventEmitter {
    * `maxPubAcksInflight` unacked publishes, publishes with a callback wait
    * for room; publishes without one throw `stan: max in flight reached.`.
    */
-  publish (subject, data, callback) {
-    if (typeof data === 'function' && callback === undefined) {
+  publish (subject, data, options, callback) {
+    if (typeof data === 'function' && options === undefined) {
       callback = data
       data = undefined
+    } else if (typeof options === 'function' && callback === undefined) {
+      callback = options
+      options = undefined
     }
     const cb = typeof callback === 'function' ? callback : undefined
     if (this._state >= CLOSING) return this._failNow(closedError(), cb)
@@ -87,8 +142,16 @@ class Stan extends EventEmitter {
     if (typeof subject !== 'string' || subject.length === 0) {
       return this._failNow(stanError('BAD_SUBJECT', text.BAD_SUBJECT), cb)
     }
+    let headers
+    if (options !== undefined && options !== null) {
+      try {
+        headers = headerList(options, this.options.backend)
+      } catch (err) {
+        return this._failNow(err, cb)
+      }
+    }
     const guid = nuid.next()
-    const entry = { subject, payload, cb, guid }
+    const entry = { subject, payload, cb, guid, headers }
     if (this._state === CONNECTED && this._waiting.length === 0 && this._pending.size < this._maxInFlight) {
       if (!this._send(entry, cb === undefined)) return undefined
     } else if (cb === undefined && this._state === CONNECTED) {
@@ -103,9 +166,9 @@ class Stan extends EventEmitter {
    * Promise form of `publish`: resolves with the guid once the server stored
    * the message. Beyond `maxPubAcksInflight` it waits for room, never throws.
    */
-  publishAsync (subject, data) {
+  publishAsync (subject, data, options) {
     return new Promise((resolve, reject) => {
-      this.publish(subject, data, (err, guid) => (err ? reject(err) : resolve(guid)))
+      this.publish(subject, data, options, (err, guid) => (err ? reject(err) : resolve(guid)))
     })
   }
 
@@ -120,8 +183,14 @@ class Stan extends EventEmitter {
     const token = this._nextToken
     this._nextToken = (token + 1) >>> 0
     try {
-      if (typeof entry.payload === 'string') this._native.publishText(entry.subject, entry.payload, token, entry.guid)
-      else this._native.publish(entry.subject, entry.payload, token, entry.guid)
+      if (entry.headers !== undefined) {
+        const bytes = typeof entry.payload === 'string' ? Buffer.from(entry.payload) : entry.payload
+        this._native.publishWithHeaders(entry.subject, bytes, token, entry.guid, entry.headers)
+      } else if (typeof entry.payload === 'string') {
+        this._native.publishText(entry.subject, entry.payload, token, entry.guid)
+      } else {
+        this._native.publish(entry.subject, entry.payload, token, entry.guid)
+      }
     } catch (err) {
       const error = fromNative(err)
       if (throwOnError) throw error
@@ -243,7 +312,7 @@ class Stan extends EventEmitter {
     }
     for (const delivery of poll.deliveries) {
       const sub = this._subs.get(delivery.sid)
-      if (sub !== undefined && !sub._closed) guarded(() => sub._deliver(delivery.data, delivery.meta))
+      if (sub !== undefined && !sub._closed) guarded(() => sub._deliver(delivery.data, delivery.meta, delivery.headerIndex, delivery.headerText))
     }
     this._settle(poll.acked, poll.failed)
     if (closed) this._onClosed(closeError)
@@ -265,6 +334,7 @@ class Stan extends EventEmitter {
       case 'connect':
         if (this._state !== CONNECTING) return
         this._state = CONNECTED
+        Object.assign(this, this._native.protocolSubjects() ?? {})
         for (const sub of this._subs.values()) sub._start(this._native)
         this._sendWaiting()
         this.emit('connect', this)
@@ -284,6 +354,9 @@ class Stan extends EventEmitter {
         this.emit('connection_lost', err)
         break
       }
+      case 'log':
+        if (this.options.logger !== undefined) guarded(this.options.logger, event.message)
+        break
       case 'disconnect':
         this.emit('disconnect')
         break
@@ -291,6 +364,7 @@ class Stan extends EventEmitter {
         this.emit('reconnecting')
         break
       case 'reconnect':
+        this._stats.reconnects++
         this.emit('reconnect', this)
         break
       case 'error':

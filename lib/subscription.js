@@ -284,13 +284,21 @@ class Subscription extends EventEmitter {
   }
 
   /** Emits one `message` per delivered message; auto-acks the batch once. */
-  _deliver (batch, meta) {
+  _deliver (batch, meta, headerIndex, headerText) {
+    const stats = this.stanConnection._stats
     let offset = 0
+    let withHeaders = 0
     for (let i = 0; i < meta.length; i += META_STRIDE) {
       if (this._closed || this._draining) return
       const length = meta[i + 4]
       const msg = new Message(this, meta[i], meta[i + 1], meta[i + 2], meta[i + 3], batch, offset, length)
       offset += length
+      stats.msgsIn++
+      stats.bytesIn += length
+      if (meta[i + 3] > 0) stats.redelivered++
+      if (headerIndex !== undefined && headerIndex !== null && headerIndex[withHeaders] === i / META_STRIDE) {
+        msg._headerText = headerText[withHeaders++]
+      }
       let handled = true
       try {
         this.emit('message', msg)
@@ -317,6 +325,7 @@ class Subscription extends EventEmitter {
 
   _queueAck (ackId) {
     if (this._closed || this._native === null) return
+    this.stanConnection._stats.acked++
     this._acks.push(ackId)
     if (!this._ackScheduled) {
       this._ackScheduled = true
@@ -326,6 +335,7 @@ class Subscription extends EventEmitter {
 
   _terminate (ackId) {
     if (this._closed || this._native === null || this.stanConnection.isClosed()) return
+    this.stanConnection._stats.acked++
     this._native.terminate(this._sid, Float64Array.of(ackId))
   }
 

@@ -77,6 +77,27 @@ impl Connection {
         self.publish_bytes(subject, data.as_bytes(), token, guid)
     }
 
+    /// `publish` with application headers (JetStream): `headers` is
+    /// `[name, value, name, value, …]`, checked by JS.
+    #[napi(catch_unwind)]
+    pub fn publish_with_headers(
+        &self,
+        subject: String,
+        data: Uint8Array,
+        token: u32,
+        guid: String,
+        headers: Vec<String>,
+    ) -> napi::Result<(), ErrorCode> {
+        let mut pairs = Vec::with_capacity(headers.len() / 2);
+        let mut flat = headers.into_iter();
+        while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+            pairs.push((name, value));
+        }
+        Ok(self
+            .session
+            .publish(subject, &data, token, guid, Some(pairs))?)
+    }
+
     fn publish_bytes(
         &self,
         subject: String,
@@ -84,7 +105,7 @@ impl Connection {
         token: u32,
         guid: String,
     ) -> napi::Result<(), ErrorCode> {
-        Ok(self.session.publish(subject, payload, token, guid)?)
+        Ok(self.session.publish(subject, payload, token, guid, None)?)
     }
 
     #[napi(catch_unwind)]
@@ -121,6 +142,19 @@ impl Connection {
 
     fn settle(&self, sid: u32, ids: &[f64], kind: AckKind) {
         self.session.settle(sid, ids, kind);
+    }
+
+    /// The stan backend's ConnectResponse subjects, once connected.
+    #[napi(catch_unwind)]
+    pub fn protocol_subjects(&self) -> Option<crate::session::ProtocolSubjects> {
+        self.session.protocol_subjects()
+    }
+
+    /// `[messages, payload bytes]` published so far.
+    #[napi(catch_unwind)]
+    pub fn published(&self) -> Vec<f64> {
+        let (messages, bytes) = self.session.published();
+        vec![messages as f64, bytes as f64]
     }
 
     /// Everything that became ready since the last poll, in one crossing.

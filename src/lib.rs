@@ -19,6 +19,7 @@ pub mod id_map;
 pub mod jetstream;
 pub mod kv;
 pub mod link;
+pub mod log;
 pub mod options;
 pub mod outbox;
 pub mod publish;
@@ -32,6 +33,7 @@ pub mod subject;
 /// calls. `JETSTAN_WORKER_THREADS` raises it for hosts with cores to spare.
 #[napi_derive::module_init]
 fn init_runtime() {
+    log::init();
     let workers = std::env::var("JETSTAN_WORKER_THREADS")
         .ok()
         .and_then(|value| value.parse::<usize>().ok())

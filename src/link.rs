@@ -116,16 +116,22 @@ fn on_nats_event(ctx: &Context, event: NatsEvent) {
     if shared.is_ending() {
         return;
     }
+    let _span = ctx.span.enter();
     let forwarded = match event {
         NatsEvent::Connected => {
             if !shared.connected_once.swap(true, Ordering::AcqRel) {
                 return;
             }
+            tracing::info!("reconnected");
             ctx.notify(Command::Reconnected);
             Event::Reconnected
         }
-        NatsEvent::Disconnected => Event::Disconnected,
+        NatsEvent::Disconnected => {
+            tracing::info!("disconnected");
+            Event::Disconnected
+        }
         NatsEvent::Closed | NatsEvent::ClientError(async_nats::ClientError::MaxReconnects) => {
+            tracing::info!("gave up reconnecting");
             ctx.notify(Command::End(Ending::GaveUp));
             return;
         }
@@ -145,6 +151,7 @@ fn on_nats_event(ctx: &Context, event: NatsEvent) {
                 ))));
                 return;
             }
+            tracing::warn!("server error: {message}");
             Event::Error(JetstanError::new(ErrorCode::ServerError, message))
         }
         // Client-side I/O errors while reconnecting are what `disconnect`

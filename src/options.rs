@@ -27,6 +27,8 @@ pub struct ConnectOptions {
     pub tls: Option<crate::auth::TlsOptions>,
     /// NATS protocol pings (async-nats's default, 60 s, when absent).
     pub ping_interval_ms: Option<u32>,
+    /// Log lines of this connection go to its outbox (JS's `logger`).
+    pub logger: Option<bool>,
     /// Limits of the streams jetstan creates for channels.
     pub stream_defaults: Option<StreamDefaults>,
     pub connect_timeout_ms: u32,

@@ -40,6 +40,8 @@ pub enum Event {
     /// The server refused or ignored the close request; `Closed` follows.
     CloseFailed(JetstanError),
     Closed,
+    /// A log line for the connection's `logger`.
+    Log(String),
 }
 
 /// Messages for one subscription, packed so that a batch crosses as two
@@ -49,6 +51,9 @@ pub struct DeliveryBatch {
     pub data: Vec<u8>,
     /// Per message: ack id, stream sequence, timestamp (ns), redelivery count, payload length.
     pub meta: Vec<f64>,
+    /// The few messages with application headers: their index in the batch,
+    /// and the headers as `Name: value\r\n` lines.
+    pub headers: Vec<(u32, String)>,
 }
 
 impl DeliveryBatch {
@@ -78,7 +83,28 @@ impl DeliveryBatch {
         self.meta.len() / 5
     }
 
+    /// Messages in the batch delivered before.
+    pub fn redelivered(&self) -> usize {
+        self.meta
+            .chunks_exact(5)
+            .filter(|meta| meta[3] > 0.0)
+            .count()
+    }
+
+    /// Headers of the message pushed last.
+    pub fn set_headers(&mut self, lines: String) {
+        let index = (self.len() as u32).saturating_sub(1);
+        self.headers.push((index, lines));
+    }
+
     fn append(&mut self, mut other: DeliveryBatch) {
+        let offset = self.len() as u32;
+        self.headers.extend(
+            other
+                .headers
+                .drain(..)
+                .map(|(index, lines)| (index + offset, lines)),
+        );
         self.data.append(&mut other.data);
         self.meta.append(&mut other.meta);
     }
@@ -186,6 +212,10 @@ pub struct Delivery {
     pub sid: u32,
     pub data: Buffer,
     pub meta: Float64Array,
+    /// Which messages have headers, and theirs (`headerText[k]` belongs to
+    /// message `headerIndex[k]`); absent when none has.
+    pub header_index: Option<Uint32Array>,
+    pub header_text: Option<Vec<String>>,
 }
 
 /// Everything that became ready since the previous poll.
@@ -214,10 +244,21 @@ impl From<Pending> for Poll {
             deliveries: pending
                 .deliveries
                 .into_iter()
-                .map(|(sid, batch)| Delivery {
-                    sid,
-                    data: Buffer::from(batch.data),
-                    meta: Float64Array::new(batch.meta),
+                .map(|(sid, batch)| {
+                    let (header_index, header_text) = if batch.headers.is_empty() {
+                        (None, None)
+                    } else {
+                        let (index, text): (Vec<u32>, Vec<String>) =
+                            batch.headers.into_iter().unzip();
+                        (Some(Uint32Array::new(index)), Some(text))
+                    };
+                    Delivery {
+                        sid,
+                        data: Buffer::from(batch.data),
+                        meta: Float64Array::new(batch.meta),
+                        header_index,
+                        header_text,
+                    }
                 })
                 .collect(),
         }
@@ -260,6 +301,12 @@ impl From<Event> for NativeEvent {
             Event::SubClosed(sid) => plain("closed", Some(sid)),
             Event::CloseFailed(err) => failed("close_error", None, err),
             Event::Closed => plain("close", None),
+            Event::Log(line) => NativeEvent {
+                kind: "log".to_string(),
+                sid: None,
+                code: None,
+                message: Some(line),
+            },
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct PublishRequest {
     pub channel: Subject,
     pub guid: String,
     pub payload: Bytes,
+    /// The application's headers (JetStream only), rarely set: boxed so the
+    /// common publish stays small.
+    pub headers: Option<Box<Vec<(String, String)>>>,
 }
 
 /// One publish as it goes on the wire.
@@ -515,6 +518,7 @@ mod tests {
 
     fn request(token: u32, channel: &str) -> PublishRequest {
         PublishRequest {
+            headers: None,
             token,
             channel: Subject::from(channel),
             guid: format!("guid-{token}"),

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::deadline::sleep_until;
 use crate::error::{ErrorCode, JetstanError, Result};
@@ -120,7 +121,11 @@ pub struct Shared {
     max_payload: AtomicUsize,
     /// Set by the first NATS `Connected`, which is the initial connect.
     pub connected_once: AtomicBool,
+    /// Publishes handed to the session, and their payload bytes.
+    published: AtomicU64,
+    published_bytes: AtomicU64,
     jetstream: OnceLock<jetstream::Context>,
+    subjects: OnceLock<ProtocolSubjects>,
 }
 
 impl Shared {
@@ -149,6 +154,20 @@ pub struct Opened<L> {
     pub acks: Subscriber,
     pub reply_prefix: String,
     pub jetstream: Option<jetstream::Context>,
+    /// The stan backend's ConnectResponse subjects, which 0.3.2 exposed.
+    pub subjects: Option<ProtocolSubjects>,
+}
+
+/// What a nats-streaming-server told this client to use; 0.3.2 kept them
+/// as properties of the connection, and services log them.
+#[napi_derive::napi(object)]
+#[derive(Clone, Debug)]
+pub struct ProtocolSubjects {
+    pub pub_prefix: String,
+    pub sub_requests: String,
+    pub unsub_requests: String,
+    pub sub_close_requests: String,
+    pub close_requests: String,
 }
 
 /// What every backend's tasks may use to reach the session and JS.
@@ -156,6 +175,9 @@ pub struct Opened<L> {
 pub struct Context {
     pub shared: Arc<Shared>,
     commands: mpsc::WeakUnboundedSender<Command>,
+    /// The connection's span: events inside it name the connection and go
+    /// to its `logger`, if it has one.
+    pub span: tracing::Span,
 }
 
 impl Context {
@@ -181,6 +203,8 @@ pub trait Protocol: Send + 'static {
     /// The server stores a publish once per guid, so a publish whose ack was
     /// lost may be sent again.
     const DEDUPLICATES: bool;
+    /// Messages carry headers.
+    const HEADERS: bool;
 
     fn open(ctx: &Context) -> impl Future<Output = Result<Opened<Self::Live>>> + Send;
 
@@ -232,6 +256,7 @@ pub struct Session {
     commands: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
     envelope: fn(&ConnectOptions, &str, &str) -> usize,
+    headers: bool,
 }
 
 impl Session {
@@ -245,18 +270,34 @@ impl Session {
             phase: AtomicU8::new(CONNECTING),
             max_payload: AtomicUsize::new(0),
             connected_once: AtomicBool::new(false),
+            published: AtomicU64::new(0),
+            published_bytes: AtomicU64::new(0),
             jetstream: OnceLock::new(),
+            subjects: OnceLock::new(),
         });
         let (commands, received) = mpsc::unbounded_channel();
+        let sink = if shared.options.logger == Some(true) {
+            crate::log::register(&shared.outbox)
+        } else {
+            0
+        };
+        let span = tracing::info_span!(
+            "connection",
+            cluster = %shared.options.cluster_id,
+            client = %shared.options.client_id,
+            sink
+        );
         let ctx = Context {
             shared: Arc::clone(&shared),
             commands: commands.downgrade(),
+            span: span.clone(),
         };
-        napi::bindgen_prelude::spawn(run::<P>(ctx, received));
+        napi::bindgen_prelude::spawn(run::<P>(ctx, received).instrument(span));
         Ok(Session {
             commands,
             shared,
             envelope: P::envelope,
+            headers: P::HEADERS,
         })
     }
 
@@ -272,13 +313,33 @@ impl Session {
     /// Queues a publish whose `Nats-Msg-Id` is `guid`. Fails synchronously
     /// on a closed connection, a bad subject or an oversize payload, leaving
     /// the connection usable.
-    pub fn publish(&self, channel: String, payload: &[u8], token: u32, guid: String) -> Result<()> {
+    pub fn publish(
+        &self,
+        channel: String,
+        payload: &[u8],
+        token: u32,
+        guid: String,
+        headers: Option<Vec<(String, String)>>,
+    ) -> Result<()> {
         if !self.shared.is_open() {
             return Err(JetstanError::closed());
         }
         validate_channel(&channel)?;
         let max_payload = self.shared.max_payload.load(Ordering::Relaxed);
-        let envelope = (self.envelope)(&self.shared.options, &channel, &guid);
+        let mut envelope = (self.envelope)(&self.shared.options, &channel, &guid);
+        if let Some(headers) = &headers {
+            if !self.headers {
+                return Err(JetstanError::new(
+                    ErrorCode::BadOption,
+                    "stan: headers need the jetstream backend; STAN messages carry none",
+                ));
+            }
+            // `Name: value\r\n` each.
+            envelope += headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 4)
+                .sum::<usize>();
+        }
         if payload.len() + envelope > max_payload {
             return Err(JetstanError::new(
                 ErrorCode::MaxPayload,
@@ -294,7 +355,25 @@ impl Session {
             channel: Subject::from(channel),
             guid,
             payload: Bytes::copy_from_slice(payload),
-        }))
+            headers: headers.map(Box::new),
+        }))?;
+        self.shared.published.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .published_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn protocol_subjects(&self) -> Option<ProtocolSubjects> {
+        self.shared.subjects.get().cloned()
+    }
+
+    /// Messages and payload bytes published so far.
+    pub fn published(&self) -> (u64, u64) {
+        (
+            self.shared.published.load(Ordering::Relaxed),
+            self.shared.published_bytes.load(Ordering::Relaxed),
+        )
     }
 
     pub fn subscribe(&self, sid: u32, options: SubscribeOptions) -> Result<()> {
@@ -371,6 +450,7 @@ async fn run<P: Protocol>(ctx: Context, mut commands: mpsc::UnboundedReceiver<Co
         Some(Err(err)) => {
             shared.set_phase(ENDING);
             if !closed_by_user {
+                tracing::warn!(code = err.code.as_str(), "connect failed: {}", err.message);
                 shared.outbox.push_event(Event::ConnectFailed(err));
             }
         }
@@ -383,16 +463,26 @@ async fn run<P: Protocol>(ctx: Context, mut commands: mpsc::UnboundedReceiver<Co
                 if let Some(js) = open.jetstream.take() {
                     let _ = shared.jetstream.set(js);
                 }
+                if let Some(subjects) = open.subjects.take() {
+                    let _ = shared.subjects.set(subjects);
+                }
                 shared
                     .max_payload
                     .store(open.client.server_info().max_payload, Ordering::Relaxed);
                 shared.set_phase(OPEN);
+                let info = open.client.server_info();
+                tracing::info!(
+                    server = %format!("{}:{}", info.host, info.port),
+                    server_version = %info.version,
+                    "connected"
+                );
                 shared.outbox.push_event(Event::Connected);
                 let ending = open.serve(&mut commands).await;
                 shared.set_phase(ENDING);
                 (ending, Instant::now() + CLOSE_BOUND)
             };
             if let Ending::Lost(err) = &ending {
+                tracing::warn!(code = err.code.as_str(), "connection lost: {}", err.message);
                 shared.outbox.push_event(Event::ConnectionLost(err.clone()));
             }
             if let Some(err) = open.close(ending, deadline).await {
@@ -400,6 +490,7 @@ async fn run<P: Protocol>(ctx: Context, mut commands: mpsc::UnboundedReceiver<Co
             }
         }
     }
+    tracing::info!("closed");
     shared.outbox.push_event(Event::Closed);
     shared.outbox.release();
 }
@@ -419,6 +510,7 @@ struct Open<P: Protocol> {
     client: Client,
     acks: Subscriber,
     jetstream: Option<jetstream::Context>,
+    subjects: Option<ProtocolSubjects>,
     subs: HashMap<u32, SubEntry>,
     ended_tx: mpsc::UnboundedSender<u32>,
     ended: mpsc::UnboundedReceiver<u32>,
@@ -436,6 +528,7 @@ impl<P: Protocol> Open<P> {
             client: opened.client,
             acks: opened.acks,
             jetstream: opened.jetstream,
+            subjects: opened.subjects,
             subs: HashMap::new(),
             ended_tx,
             ended,
@@ -549,10 +642,13 @@ impl<P: Protocol> Open<P> {
         let channel = options.subject.clone();
         let run = P::subscribe(&self.live, &self.ctx, &self.client, sid, options, received);
         let ended = self.ended_tx.clone();
-        let task = napi::bindgen_prelude::spawn(async move {
-            run.await;
-            let _ = ended.send(sid);
-        });
+        let task = napi::bindgen_prelude::spawn(
+            async move {
+                run.await;
+                let _ = ended.send(sid);
+            }
+            .in_current_span(),
+        );
         self.subs.insert(
             sid,
             SubEntry {
@@ -568,6 +664,7 @@ impl<P: Protocol> Open<P> {
     /// refused JetStream consumer request fails the subscriptions setting up
     /// on that channel; anything else is the connection's `error`.
     fn on_denied(&mut self, denial: Denial) {
+        tracing::warn!(subject = %denial.subject, "{}", denial.message);
         let err = JetstanError::new(
             ErrorCode::PermissionDenied,
             format!("stan: permission denied: {}", denial.message),

@@ -237,7 +237,7 @@ impl SubscriptionTask {
                             }
                             Pulled::Nothing => {}
                             Pulled::Lost(why) => {
-                                tracing::debug!(sid, why, "consumer lost");
+                                tracing::info!(sid, channel = %self.options.subject, why, "consumer lost; binding again");
                                 rebind_at = Some(self.backoff(&mut attempt));
                                 break;
                             }
@@ -248,6 +248,14 @@ impl SubscriptionTask {
                     }
                     if !batch.is_empty() {
                         attempt = 0;
+                        let redelivered = if tracing::enabled!(tracing::Level::DEBUG) {
+                            batch.redelivered()
+                        } else {
+                            0
+                        };
+                        if redelivered > 0 {
+                            tracing::debug!(sid, channel = %self.options.subject, redelivered, "redeliveries");
+                        }
                     }
                     self.outbox.push_deliveries(sid, batch);
                 }
@@ -269,7 +277,10 @@ impl SubscriptionTask {
                     pulls.forget_requests();
                     let rebinding = self.rebind(&bound, &mut registry, last_sequence);
                     match tokio::time::timeout(self.request_timeout, rebinding).await {
-                        Ok(Ok(consumer)) => bound.consumer = consumer,
+                        Ok(Ok(consumer)) => {
+                            tracing::info!(sid, channel = %self.options.subject, "subscription bound again");
+                            bound.consumer = consumer;
+                        }
                         Ok(Err(err)) => {
                             tracing::debug!(sid, error = %err, "rebinding the consumer failed");
                             rebind_at = Some(self.backoff(&mut attempt));
@@ -345,6 +356,9 @@ impl SubscriptionTask {
             info.delivered.max(1) - 1,
             &message.payload,
         );
+        if let Some(lines) = message.headers.as_ref().and_then(application_headers) {
+            batch.set_headers(lines);
+        }
         registry.register(info.sequence, reply, Instant::now());
     }
 
@@ -541,6 +555,26 @@ impl SubscriptionTask {
         // only slow would lose its place.
         presence::ask(&self.client, &subject, MEMBER_PROBE_TIMEOUT).await != Answer::NobodyThere
     }
+}
+
+/// The headers an application set, as `Name: value\r\n` lines; `None` when
+/// there are none besides the `Nats-Msg-Id` jetstan sets on every publish
+/// (the common case, which then costs JS nothing).
+fn application_headers(headers: &async_nats::HeaderMap) -> Option<String> {
+    let mut lines = String::new();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        if name.eq_ignore_ascii_case("Nats-Msg-Id") {
+            continue;
+        }
+        for value in values {
+            lines.push_str(name);
+            lines.push_str(": ");
+            lines.push_str(value.as_str());
+            lines.push_str("\r\n");
+        }
+    }
+    (!lines.is_empty()).then_some(lines)
 }
 
 /// What a JetStream delivery's reply subject says about it:

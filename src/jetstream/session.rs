@@ -57,6 +57,7 @@ struct ApiError {
 impl Protocol for JetStream {
     type Live = Live;
     const DEDUPLICATES: bool = true;
+    const HEADERS: bool = true;
 
     async fn open(ctx: &Context) -> Result<Opened<Live>> {
         let options = ctx.options();
@@ -108,6 +109,7 @@ impl Protocol for JetStream {
             client,
             acks,
             reply_prefix,
+            subjects: None,
             jetstream: Some(js),
         })
     }
@@ -152,6 +154,11 @@ impl Protocol for JetStream {
 
     fn frame(_: &Live, publish: &PublishRequest, reply: String) -> Frame {
         let mut headers = HeaderMap::new();
+        if let Some(extra) = &publish.headers {
+            for (name, value) in extra.iter() {
+                headers.append(name.as_str(), value.as_str());
+            }
+        }
         headers.insert("Nats-Msg-Id", publish.guid.as_str());
         Frame {
             subject: publish.channel.clone(),

@@ -150,7 +150,18 @@ impl StreamCache {
             ..Default::default()
         };
         match js.get_or_create_stream(config).await {
-            Ok(stream) => Ok(stream.cached_info().config.name.clone()),
+            Ok(stream) => {
+                let config = &stream.cached_info().config;
+                tracing::info!(
+                    channel,
+                    stream = %config.name,
+                    max_msgs = config.max_messages,
+                    max_bytes = config.max_bytes,
+                    replicas = config.num_replicas,
+                    "stream for the channel created"
+                );
+                Ok(config.name.clone())
+            }
             // Another client may have created a stream capturing the subject
             // (under another name) between our lookup and our create.
             Err(create_err) => match self.lookup(js, channel).await {

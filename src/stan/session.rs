@@ -22,7 +22,7 @@ use crate::error::{text, ErrorCode, JetstanError, Result};
 use crate::link;
 use crate::options::{ConnectOptions, SubscribeOptions};
 use crate::publish::{Frame, Outcome, PublishRequest};
-use crate::session::{Command, Context, Ending, Opened, Protocol, SubCommand};
+use crate::session::{Command, Context, Ending, Opened, Protocol, ProtocolSubjects, SubCommand};
 
 /// The client protocol level we speak: connIDs and client pings.
 const PROTOCOL_ONE: i32 = 1;
@@ -46,6 +46,7 @@ impl Protocol for Stan {
     /// nats-streaming-server stores every PubMsg it gets, so only a publish
     /// nobody took is sent again.
     const DEDUPLICATES: bool = false;
+    const HEADERS: bool = false;
 
     /// The client sequence of the protocol (§4.1): inboxes first, so the
     /// server can probe us from the moment it registers us.
@@ -114,6 +115,13 @@ impl Protocol for Stan {
         } else {
             drop(ping_replies);
         }
+        let subjects = ProtocolSubjects {
+            pub_prefix: response.pub_prefix.clone(),
+            sub_requests: response.sub_requests.clone(),
+            unsub_requests: response.unsub_requests.clone(),
+            sub_close_requests: response.sub_close_requests.clone(),
+            close_requests: response.close_requests.clone(),
+        };
         let routes = Arc::new(Routes {
             client_id: options.client_id.clone(),
             conn_id,
@@ -133,6 +141,7 @@ impl Protocol for Stan {
             acks,
             reply_prefix,
             jetstream: None,
+            subjects: Some(subjects),
         })
     }
 
