@@ -64,6 +64,12 @@ export declare class Connection {
   streamAdd(config: string, update: boolean): Promise<string>
   streamInfo(name: string): Promise<string>
   streamDelete(name: string): Promise<void>
+  /** `{ success, purged }` as JSON. */
+  streamPurge(name: string): Promise<string>
+  /** One stored message by sequence, as the server's JSON (base64 data). */
+  streamGet(name: string, sequence: number): Promise<string>
+  /** The next message of a pull consumer, acked; `null` after `wait_ms` without one. */
+  consumerNext(stream: string, name: string, waitMs: number): Promise<string | null>
   /** Infos of every stream, as a JSON array. */
   streamList(): Promise<string>
   consumerAdd(stream: string, config: string): Promise<string>

@@ -209,9 +209,13 @@ describe('CLI', () => {
     assert.match(missing.stderr, /KEY_NOT_FOUND/)
   })
 
-  test('pub, then sub --all --count prints what was published', async () => {
+  test('pub refuses a subject no stream captures unless --create; then sub --all --count prints it', async () => {
     const subject = unique('clipub')
-    const pub = await cli(['--server', server.url, 'pub', subject, 'hello'])
+    const typo = await cli(['pub', subject, 'hello'])
+    assert.equal(typo.code, 1)
+    assert.match(typo.stderr, /STREAM_NOT_FOUND: no stream captures .* --create makes one/)
+    assert.equal((await cli(['--json', 'stream', 'ls', '--all'])).stdout.includes(subject), false)
+    const pub = await cli(['--server', server.url, 'pub', subject, 'hello', '--create'])
     assert.equal(pub.code, 0, pub.stderr)
     assert.match(pub.stdout, /Published to/)
     const sub = await cli(['sub', subject, '--all', '--count', '1'])
@@ -255,7 +259,106 @@ describe('CLI', () => {
     assert.equal(await once(child, 'exit', { timeoutMs: 10000, rejectOnError: false }), 0)
   })
 
+  test('help, version and usage: --version, help [command], per-command --help, no arguments', async () => {
+    const version = await cli(['--version'])
+    assert.deepEqual([version.code, version.stdout.trim()], [0, stan.version])
+    const bare = await cli([])
+    assert.equal(bare.code, 2)
+    assert.match(bare.stderr, /Usage: jetstan/)
+    const help = await cli(['help', 'stream'])
+    assert.equal(help.code, 0)
+    assert.match(help.stdout, /Usage: jetstan stream\|str/)
+    const addHelp = await cli(['stream', 'add', '--help'])
+    assert.equal(addHelp.code, 0)
+    assert.match(addHelp.stdout, /Usage: jetstan stream add .*\n[\s\S]*--config <file>/)
+    for (const group of ['stream', 'kv', 'consumer']) {
+      const r = await cli([group])
+      assert.equal(r.code, 2, group)
+      assert.match(r.stderr, new RegExp(`Usage: jetstan ${group}`))
+    }
+  })
+
+  test('the nats CLI aliases; stream ls hides KV streams unless --all', async () => {
+    const bucket = unique('alias')
+    assert.equal((await cli(['kv', 'add', bucket])).code, 0)
+    const plain = JSON.parse((await cli(['--json', 'str', 'list'])).stdout)
+    const all = JSON.parse((await cli(['--json', 'stream', 'ls', '--all'])).stdout)
+    assert.equal(plain.includes(`KV_${bucket}`), false)
+    assert.equal(all.includes(`KV_${bucket}`), true)
+    assert.equal((await cli(['con', 'ls', `KV_${bucket}`])).code, 0)
+  })
+
+  test('stream rm and purge, consumer rm: refused without --force when not on a terminal', async () => {
+    const name = unique('RM').replace(/-/g, '_')
+    await sc.streams.add({ name, subjects: [`${name}.>`] })
+    await sc.publishAsync(`${name}.a`, 'x')
+    await sc.consumers.add(name, { durable_name: 'gone', ack_policy: 'explicit' })
+    for (const args of [['stream', 'rm', name], ['stream', 'purge', name], ['consumer', 'rm', name, 'gone']]) {
+      const refused = await cli(args)
+      assert.equal(refused.code, 2, args.join(' '))
+      assert.match(refused.stderr, /refused without --force/)
+    }
+    assert.equal((await sc.streams.info(name)).state.messages, 1)
+    assert.match((await cli(['stream', 'purge', name, '--force'])).stdout, /Purged 1 messages/)
+    assert.equal((await cli(['consumer', 'rm', name, 'gone', '-f'])).code, 0)
+    assert.equal((await cli(['stream', 'rm', name, '--force'])).code, 0)
+    await assert.rejects(sc.streams.info(name), { code: 'STREAM_NOT_FOUND' })
+  })
+
+  test('stream view/get and consumer next, for everyday debugging', async () => {
+    const name = unique('VIEW').replace(/-/g, '_')
+    await sc.streams.add({ name, subjects: [`${name}.>`] })
+    for (const n of [1, 2, 3]) await sc.publishAsync(`${name}.e`, `event ${n}`)
+    const view = await cli(['stream', 'view', name, '--since', '2'])
+    assert.equal(view.code, 0, view.stderr)
+    assert.deepEqual(view.stdout.trim().split('\n'), [`[#2] ${name}.e: event 2`, `[#3] ${name}.e: event 3`])
+    assert.equal((await cli(['stream', 'get', name, '1'])).stdout.trim(), `[#1] ${name}.e: event 1`)
+    const missing = await cli(['stream', 'get', name, '9'])
+    assert.equal(missing.code, 1)
+    assert.match(missing.stderr, /MESSAGE_NOT_FOUND/)
+    await sc.consumers.add(name, { durable_name: 'dbg', ack_policy: 'explicit', deliver_policy: 'all' })
+    const next = await cli(['--json', 'consumer', 'next', name, 'dbg', '--count', '2'])
+    assert.equal(next.code, 0, next.stderr)
+    assert.deepEqual(next.stdout.trim().split('\n').map((l) => JSON.parse(l).data), ['event 1', 'event 2'])
+    assert.equal((await sc.consumers.info(name, 'dbg')).num_ack_pending, 0)
+  })
+
+  test('kv watch takes a glob as well as a NATS pattern', async () => {
+    const bucket = unique('glob')
+    const kv = await sc.kv(bucket)
+    for (const key of ['foo', 'far', 'bar']) await kv.put(key, key.toUpperCase())
+    const { spawn } = require('node:child_process')
+    const child = spawn(process.execPath, [path.join(__dirname, '..', 'bin', 'jetstan.js'), 'kv', 'watch', bucket, 'f*'],
+      { env: { ...process.env, NATS_URL: server.url }, stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    const both = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`watch printed: ${out}`)), 10000)
+      child.stdout.on('data', (chunk) => {
+        out += chunk
+        if (out.includes('foo @') && out.includes('far @')) { clearTimeout(timer); resolve() }
+      })
+    })
+    try {
+      await both
+      await kv.put('bar', 'again')
+      await kv.put('fun', 'FUN')
+      await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`watch printed: ${out}`)), 10000)
+        const check = () => { if (out.includes('fun @')) { clearTimeout(timer); resolve() } }
+        child.stdout.on('data', check)
+        check()
+      })
+    } finally {
+      child.kill('SIGINT')
+    }
+    assert.equal(await once(child, 'exit', { timeoutMs: 10000, rejectOnError: false }), 0)
+    assert.equal(out.includes('bar @'), false)
+  })
+
   test('errors exit non-zero with a code; usage errors exit 2', async () => {
+    const unreadable = await cli(['stream', 'add', '--config', path.join(dir, 'nope.json')])
+    assert.equal(unreadable.code, 1)
+    assert.match(unreadable.stderr, /^jetstan: BAD_CONFIG: cannot read '.*nope\.json': no such file$/m)
     const missing = await cli(['stream', 'info', 'NOPE'])
     assert.equal(missing.code, 1)
     assert.match(missing.stderr, /STREAM_NOT_FOUND/)

@@ -1,79 +1,81 @@
 #!/usr/bin/env node
 'use strict'
 
-// jetstan: everyday JetStream verbs without Go tooling.
-//   jetstan [--server URL] [--json] <verb> ...
+// jetstan: everyday JetStream verbs without Go tooling, shaped like the nats
+// CLI (its aliases, --force for what destroys data).
 // Exit codes: 0 done, 1 the operation failed (code and message on stderr), 2 usage.
 
 const fs = require('node:fs')
 const crypto = require('node:crypto')
+const readline = require('node:readline')
+const { Command, CommanderError } = require('commander')
 const jetstan = require('..')
-
-const USAGE = `usage: jetstan [--server URL] [--json] <command>
-
-  stream add --config FILE          create a stream from a JSON config (nats CLI format)
-  stream info NAME                  show a stream
-  stream ls                         list streams
-  stream rm NAME                    delete a stream
-  consumer add STREAM --config FILE create a consumer from a JSON config
-  consumer info STREAM NAME         show a consumer
-  consumer ls STREAM                list a stream's consumers
-  kv add BUCKET [--history N] [--ttl MS] [--storage file|memory]
-  kv put BUCKET KEY VALUE           store a value, prints the revision
-  kv get BUCKET KEY                 print a value
-  kv del BUCKET KEY                 delete a key
-  kv ls [BUCKET]                    list buckets, or a bucket's keys
-  kv watch BUCKET [KEYS]            print current values and changes until interrupted
-  pub SUBJECT DATA                  publish with acknowledgement, prints the guid
-  sub SUBJECT [--all] [--count N]   print messages until interrupted (or N arrived)
-
-The server is --server, else NATS_URL, else nats://localhost:4222.`
 
 class UsageError extends Error {}
 
-const COMMANDS = new Set(['stream add', 'stream info', 'stream ls', 'stream rm', 'consumer add', 'consumer info',
-  'consumer ls', 'kv add', 'kv put', 'kv get', 'kv del', 'kv ls', 'kv watch', 'pub', 'sub'])
-
-function commandOf ([group, verb]) {
-  if (group === 'pub' || group === 'sub') return group
-  return `${group} ${verb ?? ''}`.trim()
+/** An operation that failed for a reason the user can act on. */
+function failure (code, message) {
+  return Object.assign(new Error(message), { code })
 }
 
-function parse (argv) {
-  const flags = {}
-  const args = []
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]
-    if (arg === '--json' || arg === '--all') flags[arg.slice(2)] = true
-    else if (arg === '-h' || arg === '--help') flags.help = true
-    else if (arg.startsWith('--')) {
-      if (i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`)
-      flags[arg.slice(2)] = argv[++i]
-    } else args.push(arg)
+const program = new Command('jetstan')
+  .description('JetStream streams, consumers, KV and STAN-style pub/sub from the shell')
+  .version(jetstan.version, '-v, --version')
+  .option('-s, --server <url>', 'NATS server URL (default: NATS_URL, else nats://localhost:4222)')
+  .option('--json', 'print results as JSON')
+  .showHelpAfterError()
+  .exitOverride()
+  .addHelpText('after', '\nThe server URL may carry credentials: nats://user:pass@host:4222.')
+
+function globals () { return program.opts() }
+
+function print (value, human) {
+  if (globals().json) console.log(JSON.stringify(value))
+  else console.log(human(value))
+}
+
+function readConfig (file) {
+  try {
+    return fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    throw failure('BAD_CONFIG', `cannot read '${file}': ${err.code === 'ENOENT' ? 'no such file' : err.message}`)
   }
-  return { flags, args }
 }
 
-function need (args, count, what) {
-  if (args.length < count) throw new UsageError(`missing ${what}`)
-  return args
-}
-
-function readConfig (flags) {
-  if (flags.config === undefined) throw new UsageError('--config FILE is required')
-  return fs.readFileSync(flags.config, 'utf8')
-}
-
-function number (value, name) {
-  if (value === undefined) return undefined
+function count (value, name) {
   const n = Number(value)
-  if (!Number.isFinite(n)) throw new UsageError(`${name} must be a number`)
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${name} must be a whole number ≥ 1`)
   return n
 }
 
-function print (flags, value, human) {
-  if (flags.json) console.log(JSON.stringify(value))
-  else console.log(human(value))
+/** Runs `fn(sc)` on a fresh connection, closed afterwards. */
+async function withConnection (fn, options = {}) {
+  const url = globals().server ?? process.env.NATS_URL ?? 'nats://localhost:4222'
+  const sc = await jetstan.connectAsync('jetstan-cli', `cli-${crypto.randomBytes(6).toString('hex')}`,
+    { url, connectTimeout: 5000, ...options })
+  try {
+    return await fn(sc)
+  } finally {
+    await sc.close()
+  }
+}
+
+/** `--force`, or a yes on a terminal; refuses otherwise. */
+async function confirmed (question, { force }) {
+  if (force) return
+  if (!process.stdin.isTTY || !process.stdout.isTTY) throw new UsageError(`${question}: refused without --force`)
+  const rl = readline.createInterface({ input: process.stdin, output: process.stdout })
+  const answer = await new Promise((resolve) => rl.question(`${question}? [y/N] `, resolve))
+  rl.close()
+  if (!/^y(es)?$/i.test(answer.trim())) throw failure('CANCELLED', 'not confirmed')
+}
+
+/** Resolves at SIGINT/SIGTERM, so long-running verbs end cleanly. */
+function interrupted () {
+  return new Promise((resolve) => {
+    process.once('SIGINT', resolve)
+    process.once('SIGTERM', resolve)
+  })
 }
 
 function streamText (info) {
@@ -83,6 +85,7 @@ function streamText (info) {
     `Stream ${c.name}`,
     `  subjects:  ${(c.subjects ?? []).join(', ')}`,
     `  storage:   ${c.storage}, replicas ${c.num_replicas}, retention ${c.retention}`,
+    `  limits:    ${c.max_msgs} messages, ${c.max_bytes} bytes, max age ${c.max_age / 1e9} s, discard ${c.discard}`,
     `  messages:  ${st.messages} (${st.bytes} bytes), sequences ${st.first_seq}..${st.last_seq}`,
     `  consumers: ${st.consumer_count}`
   ].join('\n')
@@ -94,130 +97,227 @@ function consumerText (info) {
     `Consumer ${info.stream_name} > ${info.name}`,
     `  durable:   ${c.durable_name ?? '(ephemeral)'}`,
     `  policies:  deliver ${c.deliver_policy}, ack ${c.ack_policy}, replay ${c.replay_policy}`,
-    `  filter:    ${c.filter_subject ?? (c.filter_subjects ?? []).join(', ') ?? ''}`,
+    `  filter:    ${c.filter_subject ?? (c.filter_subjects ?? []).join(', ')}`,
     `  delivered: consumer seq ${info.delivered.consumer_seq}, stream seq ${info.delivered.stream_seq}`,
     `  pending:   ${info.num_pending}, awaiting ack ${info.num_ack_pending}`
   ].join('\n')
 }
 
-function entryText (e) {
-  return `${e.key} @ revision ${e.revision} ${e.operation}${e.operation === 'PUT' ? ': ' + e.value.toString() : ''}`
-}
+const messageText = (m) => `[#${m.seq}] ${m.subject}: ${m.data}`
+const entryText = (e) => `${e.key} @ revision ${e.revision} ${e.operation}${e.operation === 'PUT' ? ': ' + e.value : ''}`
 
-/** Resolves at SIGINT/SIGTERM, so long-running verbs end cleanly. */
-function interrupted () {
-  return new Promise((resolve) => {
-    process.once('SIGINT', resolve)
-    process.once('SIGTERM', resolve)
+// Streams jetstan or the nats tools make for KV buckets and object stores.
+const INTERNAL = /^(KV|OBJ)_/
+
+// ---------------------------------------------------------------- stream
+const stream = program.command('stream').alias('str').description('streams')
+
+stream.command('add').description('create a stream from a JSON config (nats CLI format)')
+  .requiredOption('--config <file>', 'the stream config')
+  .action((opts) => withConnection(async (sc) => print(await sc.streams.add(readConfig(opts.config)), (i) => `Created ${streamText(i)}`)))
+
+stream.command('info <name>').description('show a stream')
+  .action((name) => withConnection(async (sc) => print(await sc.streams.info(name), streamText)))
+
+stream.command('ls').alias('list').description('list streams (without KV and object store streams unless --all)')
+  .option('-a, --all', 'include KV buckets and object stores')
+  .action((opts) => withConnection(async (sc) => {
+    const names = (await sc.streams.list()).map((i) => i.config.name).filter((n) => opts.all || !INTERNAL.test(n))
+    print(names, (list) => list.join('\n') || 'No streams')
+  }))
+
+stream.command('rm <name>').alias('del').description('delete a stream and its messages')
+  .option('-f, --force', 'do not ask')
+  .action(async (name, opts) => {
+    await confirmed(`Delete stream ${name} and all its messages`, opts)
+    await withConnection(async (sc) => { await sc.streams.delete(name) })
+    print({ deleted: name }, () => `Deleted stream ${name}`)
   })
+
+stream.command('purge <name>').description('remove every message of a stream')
+  .option('-f, --force', 'do not ask')
+  .action(async (name, opts) => {
+    await confirmed(`Purge every message of stream ${name}`, opts)
+    const purged = await withConnection((sc) => sc.streams.purge(name))
+    print({ purged }, () => `Purged ${purged} messages from ${name}`)
+  })
+
+stream.command('get <name> <seq>').description('print one message by sequence')
+  .action((name, seq) => withConnection(async (sc) => {
+    const message = await sc.streams.get(name, count(seq, 'SEQ'))
+    print({ ...message, data: message.data.toString() }, messageText)
+  }))
+
+stream.command('view <name>').description('print messages in order')
+  .option('--since <seq>', 'start at this sequence (default: the first)')
+  .option('-n, --count <n>', 'at most this many', '25')
+  .action((name, opts) => withConnection(async (sc) => {
+    const { state } = await sc.streams.info(name)
+    const limit = count(opts.count, '--count')
+    let shown = 0
+    for (let seq = Math.max(state.first_seq, opts.since ? count(opts.since, '--since') : 1); seq <= state.last_seq && shown < limit; seq++) {
+      let message
+      try {
+        message = await sc.streams.get(name, seq)
+      } catch (err) {
+        if (err.code === 'MESSAGE_NOT_FOUND') continue // deleted, or expired meanwhile
+        throw err
+      }
+      print({ ...message, data: message.data.toString() }, messageText)
+      shown++
+    }
+    if (shown === 0 && !globals().json) console.log('No messages')
+  }))
+
+// ---------------------------------------------------------------- consumer
+const consumer = program.command('consumer').alias('con').description('consumers')
+
+consumer.command('add <stream>').description('create a consumer from a JSON config')
+  .requiredOption('--config <file>', 'the consumer config')
+  .action((name, opts) => withConnection(async (sc) => print(await sc.consumers.add(name, readConfig(opts.config)), (i) => `Created ${consumerText(i)}`)))
+
+consumer.command('info <stream> <name>').description('show a consumer')
+  .action((name, consumerName) => withConnection(async (sc) => print(await sc.consumers.info(name, consumerName), consumerText)))
+
+consumer.command('ls <stream>').alias('list').description("list a stream's consumers")
+  .action((name) => withConnection(async (sc) => print((await sc.consumers.list(name)).map((i) => i.name), (l) => l.join('\n') || 'No consumers')))
+
+consumer.command('rm <stream> <name>').alias('del').description('delete a consumer')
+  .option('-f, --force', 'do not ask')
+  .action(async (name, consumerName, opts) => {
+    await confirmed(`Delete consumer ${consumerName} of ${name}`, opts)
+    await withConnection((sc) => sc.consumers.delete(name, consumerName))
+    print({ deleted: consumerName }, () => `Deleted consumer ${consumerName}`)
+  })
+
+consumer.command('next <stream> <name>').description('take the next message of a pull consumer, and ack it')
+  .option('-n, --count <n>', 'how many', '1')
+  .option('--wait <ms>', 'how long to wait for each', '5000')
+  .action((name, consumerName, opts) => withConnection(async (sc) => {
+    const wait = count(opts.wait, '--wait')
+    for (let i = count(opts.count, '--count'); i > 0; i--) {
+      const message = await sc.consumers.next(name, consumerName, { wait })
+      if (message === null) throw failure('NO_MESSAGE', `no message within ${wait} ms`)
+      print(message, messageText)
+    }
+  }))
+
+// ---------------------------------------------------------------- kv
+const kv = program.command('kv').description('key-value buckets')
+
+kv.command('add <bucket>').description('create a bucket')
+  .option('--history <n>', 'values kept per key')
+  .option('--ttl <ms>', 'how long values live')
+  .option('--storage <kind>', 'file or memory')
+  .action((bucket, opts) => withConnection(async (sc) => {
+    const store = await sc.kv(bucket, {
+      history: opts.history === undefined ? undefined : count(opts.history, '--history'),
+      ttl: opts.ttl === undefined ? undefined : count(opts.ttl, '--ttl'),
+      storage: opts.storage
+    })
+    print(await store.status(), (s) => `Bucket ${s.bucket}: history ${s.history}, ttl ${s.ttl} ms, ${s.storage} storage, ${s.values} values`)
+  }))
+
+kv.command('put <bucket> <key> <value>').description('store a value, prints the revision')
+  .action((bucket, key, value) => withConnection(async (sc) => {
+    const revision = await (await sc.kv(bucket, { create: false })).put(key, value)
+    print({ key, revision }, () => `${key} @ revision ${revision}`)
+  }))
+
+kv.command('get <bucket> <key>').description('print a value')
+  .action((bucket, key) => withConnection(async (sc) => {
+    const entry = await (await sc.kv(bucket, { create: false })).get(key)
+    if (entry === null) throw failure('KEY_NOT_FOUND', `${key}: no value`)
+    print({ ...entry, value: entry.value.toString() }, (e) => e.value)
+  }))
+
+kv.command('del <bucket> <key>').alias('rm').description('delete a key')
+  .action((bucket, key) => withConnection(async (sc) => {
+    await (await sc.kv(bucket, { create: false })).delete(key)
+    print({ deleted: key }, () => `Deleted ${key}`)
+  }))
+
+kv.command('ls [bucket]').alias('list').description("list buckets, or a bucket's keys")
+  .action((bucket) => withConnection(async (sc) => {
+    if (bucket === undefined) {
+      const buckets = (await sc.streams.list()).map((i) => i.config.name).filter((n) => n.startsWith('KV_')).map((n) => n.slice(3))
+      return print(buckets, (b) => b.join('\n') || 'No buckets')
+    }
+    print(await (await sc.kv(bucket, { create: false })).keys(), (k) => k.join('\n') || 'No keys')
+  }))
+
+/**
+ * NATS wildcards match whole tokens (`orders.*`, `>`); a pattern like `f*`
+ * is taken as a glob: the server sends everything, and keys are matched here.
+ */
+function keyFilter (pattern) {
+  if (pattern === undefined) return { keys: undefined, matches: () => true }
+  const tokenWise = pattern.split('.').every((t) => t === '*' || t === '>' || !/[*>]/.test(t))
+  if (tokenWise) return { keys: pattern, matches: () => true }
+  const glob = new RegExp(`^${pattern.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\>]/g, '\\$&')).join('[^.]*')}$`)
+  return { keys: undefined, matches: (key) => glob.test(key) }
 }
 
-async function run (sc, flags, [group, verb, ...rest]) {
-  const key = commandOf([group, verb])
-  switch (key) {
-    case 'stream add': return print(flags, await sc.streams.add(readConfig(flags)), (i) => `Created ${streamText(i)}`)
-    case 'stream info': return print(flags, await sc.streams.info(need(rest, 1, 'NAME')[0]), streamText)
-    case 'stream ls': return print(flags, await sc.streams.list(), (l) => l.map((i) => i.config.name).join('\n') || 'No streams')
-    case 'stream rm': await sc.streams.delete(need(rest, 1, 'NAME')[0]); return print(flags, { deleted: rest[0] }, () => `Deleted stream ${rest[0]}`)
-    case 'consumer add': return print(flags, await sc.consumers.add(need(rest, 1, 'STREAM')[0], readConfig(flags)), (i) => `Created ${consumerText(i)}`)
-    case 'consumer info': need(rest, 2, 'STREAM NAME'); return print(flags, await sc.consumers.info(rest[0], rest[1]), consumerText)
-    case 'consumer ls': return print(flags, await sc.consumers.list(need(rest, 1, 'STREAM')[0]), (l) => l.map((i) => i.name).join('\n') || 'No consumers')
-    case 'kv add': {
-      const kv = await sc.kv(need(rest, 1, 'BUCKET')[0], {
-        history: number(flags.history, '--history'), ttl: number(flags.ttl, '--ttl'), storage: flags.storage
-      })
-      return print(flags, await kv.status(), (s) => `Bucket ${s.bucket}: history ${s.history}, ttl ${s.ttl} ms, ${s.storage} storage, ${s.values} values`)
+kv.command('watch <bucket> [keys]').description('print current values and changes until interrupted (keys: a NATS pattern or a glob)')
+  .action((bucket, pattern) => withConnection(async (sc) => {
+    const { keys, matches } = keyFilter(pattern)
+    const watch = (await sc.kv(bucket, { create: false })).watch({ keys })
+    interrupted().then(() => watch.stop())
+    for await (const entry of watch) {
+      if (matches(entry.key)) print({ ...entry, value: entry.value.toString() }, entryText)
     }
-    case 'kv put': {
-      need(rest, 3, 'BUCKET KEY VALUE')
-      const kv = await sc.kv(rest[0], { create: false })
-      const revision = await kv.put(rest[1], rest[2])
-      return print(flags, { key: rest[1], revision }, () => `${rest[1]} @ revision ${revision}`)
+  }))
+
+// ---------------------------------------------------------------- pub/sub
+program.command('pub <subject> <data>').description('publish with acknowledgement, prints the guid')
+  .option('--create', 'create a stream for the subject if none captures it')
+  .action((subject, data, opts) => withConnection(async (sc) => {
+    let guid
+    try {
+      guid = await sc.publishAsync(subject, data)
+    } catch (err) {
+      if (err.code === 'STREAM_NOT_FOUND') throw failure(err.code, `no stream captures '${subject}' (a typo?); --create makes one`)
+      throw err
     }
-    case 'kv get': {
-      need(rest, 2, 'BUCKET KEY')
-      const entry = await (await sc.kv(rest[0], { create: false })).get(rest[1])
-      if (entry === null) throw Object.assign(new Error(`${rest[1]}: no value`), { code: 'KEY_NOT_FOUND' })
-      return print(flags, { ...entry, value: entry.value.toString() }, (e) => e.value)
+    print({ subject, guid }, () => `Published to ${subject}: ${guid}`)
+  }, { autoCreateStreams: opts.create === true }))
+
+program.command('sub <subject>').description('print messages until interrupted (or --count arrived)')
+  .option('-a, --all', 'from the first stored message')
+  .option('-n, --count <n>', 'stop after this many')
+  .action((subject, opts) => withConnection(async (sc) => {
+    const limit = opts.count === undefined ? Infinity : count(opts.count, '--count')
+    const subOptions = sc.subscriptionOptions()
+    if (opts.all) subOptions.setDeliverAllAvailable()
+    const sub = sc.subscribe(subject, subOptions)
+    let seen = 0
+    interrupted().then(() => sub.close())
+    for await (const msg of sub) {
+      print({ subject: msg.getSubject(), seq: msg.getSequence(), data: msg.getData() }, messageText)
+      if (++seen >= limit) break
     }
-    case 'kv del': {
-      need(rest, 2, 'BUCKET KEY')
-      await (await sc.kv(rest[0], { create: false })).delete(rest[1])
-      return print(flags, { deleted: rest[1] }, () => `Deleted ${rest[1]}`)
-    }
-    case 'kv ls': {
-      if (rest.length === 0) {
-        const buckets = (await sc.streams.list()).map((i) => i.config.name).filter((n) => n.startsWith('KV_')).map((n) => n.slice(3))
-        return print(flags, buckets, (b) => b.join('\n') || 'No buckets')
-      }
-      return print(flags, await (await sc.kv(rest[0], { create: false })).keys(), (k) => k.join('\n') || 'No keys')
-    }
-    case 'kv watch': {
-      const kv = await sc.kv(need(rest, 1, 'BUCKET')[0], { create: false })
-      const watch = kv.watch({ keys: rest[1] })
-      interrupted().then(() => watch.stop())
-      for await (const entry of watch) print(flags, { ...entry, value: entry.value.toString() }, () => entryText(entry))
-      return
-    }
-    case 'pub': {
-      need([verb, ...rest], 2, 'SUBJECT DATA')
-      const guid = await sc.publishAsync(verb, rest[0])
-      return print(flags, { subject: verb, guid }, () => `Published to ${verb}: ${guid}`)
-    }
-    case 'sub': {
-      need([verb], 1, 'SUBJECT')
-      const count = number(flags.count, '--count') ?? Infinity
-      const opts = sc.subscriptionOptions()
-      if (flags.all) opts.setDeliverAllAvailable()
-      const sub = sc.subscribe(verb, opts)
-      let seen = 0
-      interrupted().then(() => sub.close())
-      for await (const msg of sub) {
-        print(flags, { subject: msg.getSubject(), sequence: msg.getSequence(), data: msg.getData() },
-          (m) => `[#${m.sequence}] ${m.subject}: ${m.data}`)
-        if (++seen >= count) break
-      }
-      return
-    }
-    default:
-      throw new UsageError(`unknown command '${key}'`)
-  }
-}
+  }))
 
 async function main () {
-  let parsed
-  try {
-    parsed = parse(process.argv.slice(2))
-    if (parsed.flags.help || parsed.args.length === 0) {
-      console.log(USAGE)
-      return
-    }
-  } catch (err) {
-    console.error(`jetstan: ${err.message}\n\n${USAGE}`)
+  if (process.argv.length <= 2) {
+    program.outputHelp({ error: true })
     process.exitCode = 2
     return
   }
-  const { flags, args } = parsed
-  if (!COMMANDS.has(commandOf(args))) {
-    console.error(`jetstan: unknown command '${args.join(' ')}'\n\n${USAGE}`)
-    process.exitCode = 2
-    return
-  }
-  const url = flags.server ?? process.env.NATS_URL ?? 'nats://localhost:4222'
-  let sc
   try {
-    sc = await jetstan.connectAsync('jetstan-cli', `cli-${crypto.randomBytes(6).toString('hex')}`, { url, connectTimeout: 5000 })
-    await run(sc, flags, args)
+    await program.parseAsync(process.argv)
   } catch (err) {
-    if (err instanceof UsageError) {
-      console.error(`jetstan: ${err.message}\n\n${USAGE}`)
+    if (err instanceof CommanderError) {
+      // Help or the version asked for exit 0; a group without its verb, an
+      // unknown command or a bad argument is a usage error (commander printed it).
+      process.exitCode = err.exitCode === 0 ? 0 : 2
+    } else if (err instanceof UsageError) {
+      console.error(`jetstan: ${err.message}`)
       process.exitCode = 2
     } else {
       console.error(`jetstan: ${err.code ?? 'ERROR'}: ${err.message}`)
       process.exitCode = 1
     }
-  } finally {
-    if (sc !== undefined) await sc.close()
   }
 }
 

@@ -50,6 +50,13 @@ class Streams {
   async info (name) { return JSON.parse(await call(this._stan._native.streamInfo(name))) }
   async list () { return JSON.parse(await call(this._stan._native.streamList())) }
   async delete (name) { await call(this._stan._native.streamDelete(name)) }
+  /** Removes every message; resolves with how many. */
+  async purge (name) { return JSON.parse(await call(this._stan._native.streamPurge(name))).purged }
+  /** One stored message by sequence: `{ subject, seq, time, data: Buffer }`; `MESSAGE_NOT_FOUND` when there is none. */
+  async get (name, sequence) {
+    const message = JSON.parse(await call(this._stan._native.streamGet(name, sequence)))
+    return { subject: message.subject, seq: message.seq, time: message.time, data: Buffer.from(message.data ?? '', 'base64') }
+  }
 }
 
 class Consumers {
@@ -58,6 +65,11 @@ class Consumers {
   async info (stream, name) { return JSON.parse(await call(this._stan._native.consumerInfo(stream, name))) }
   async list (stream) { return JSON.parse(await call(this._stan._native.consumerList(stream))) }
   async delete (stream, name) { await call(this._stan._native.consumerDelete(stream, name)) }
+  /** The next message of a pull consumer, acked: `{ subject, seq, delivered, pending, data }`, or null after `wait` ms. */
+  async next (stream, name, { wait = 5000 } = {}) {
+    const next = await call(this._stan._native.consumerNext(stream, name, wait))
+    return next === null ? null : JSON.parse(next)
+  }
 }
 
 /** A KV bucket. Values are Buffers; `typed(codec)` gives a view that puts and gets values of one type. */

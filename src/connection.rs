@@ -188,6 +188,44 @@ impl Connection {
         Ok(manage::stream_delete(&js, &name).await?)
     }
 
+    /// `{ success, purged }` as JSON.
+    #[napi]
+    pub async fn stream_purge(&self, name: String) -> napi::Result<String> {
+        let js = self.jetstream()?;
+        Ok(manage::stream_purge(&js, &name).await?.to_string())
+    }
+
+    /// One stored message by sequence, as the server's JSON (base64 data).
+    #[napi]
+    pub async fn stream_get(&self, name: String, sequence: f64) -> napi::Result<String> {
+        let js = self.jetstream()?;
+        if !(sequence >= 1.0 && sequence.fract() == 0.0) {
+            return Err(JetstanError::new(
+                ErrorCode::BadOption,
+                "a sequence is a whole number ≥ 1",
+            )
+            .into());
+        }
+        Ok(manage::stream_get(&js, &name, sequence as u64)
+            .await?
+            .to_string())
+    }
+
+    /// The next message of a pull consumer, acked; `null` after `wait_ms` without one.
+    #[napi]
+    pub async fn consumer_next(
+        &self,
+        stream: String,
+        name: String,
+        wait_ms: u32,
+    ) -> napi::Result<Option<String>> {
+        let js = self.jetstream()?;
+        let wait = std::time::Duration::from_millis(u64::from(wait_ms.max(1)));
+        Ok(manage::consumer_next(&js, &stream, &name, wait)
+            .await?
+            .map(|value| value.to_string()))
+    }
+
     /// Infos of every stream, as a JSON array.
     #[napi]
     pub async fn stream_list(&self) -> napi::Result<String> {

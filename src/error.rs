@@ -38,6 +38,7 @@ pub enum ErrorCode {
     AuthFailed,
     TlsError,
     PermissionDenied,
+    MessageNotFound,
 }
 
 impl ErrorCode {
@@ -73,6 +74,7 @@ impl ErrorCode {
             ErrorCode::AuthFailed => "AUTH_FAILED",
             ErrorCode::TlsError => "TLS_ERROR",
             ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::MessageNotFound => "MESSAGE_NOT_FOUND",
         }
     }
 }

@@ -19,15 +19,21 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::id_map::IdMap;
-use crate::outbox::{Event as OutEvent, Outbox};
+
+/// Where a connection's lines go (its outbox). A trait object, so that
+/// installing the subscriber, which runs when the library loads, links
+/// nothing of the JS side.
+pub trait LineSink: Send + Sync {
+    fn line(&self, text: String);
+}
 
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 /// Outboxes of connections with a `logger`, by the id their span carries.
 /// Touched when a connection starts and when a span is created, never per
 /// event.
-fn sinks() -> &'static Mutex<IdMap<u64, Weak<Outbox>>> {
-    static SINKS: OnceLock<Mutex<IdMap<u64, Weak<Outbox>>>> = OnceLock::new();
+fn sinks() -> &'static Mutex<IdMap<u64, Weak<dyn LineSink>>> {
+    static SINKS: OnceLock<Mutex<IdMap<u64, Weak<dyn LineSink>>>> = OnceLock::new();
     SINKS.get_or_init(|| Mutex::new(IdMap::default()))
 }
 
@@ -55,11 +61,12 @@ pub fn init() {
 
 /// Registers a connection's outbox as the destination of its events;
 /// returns the id its span carries.
-pub fn register(outbox: &Arc<Outbox>) -> u64 {
+pub fn register<T: LineSink + 'static>(sink: &Arc<T>) -> u64 {
     let id = NEXT_SINK.fetch_add(1, Ordering::Relaxed);
+    let sink: Arc<dyn LineSink> = sink.clone();
     let mut sinks = sinks().lock();
     sinks.retain(|_, sink| sink.strong_count() > 0);
-    sinks.insert(id, Arc::downgrade(outbox));
+    sinks.insert(id, Arc::downgrade(&sink));
     id
 }
 
@@ -67,7 +74,7 @@ struct Lines {
     to_stderr: bool,
 }
 
-struct Sink(Weak<Outbox>);
+struct Sink(Weak<dyn LineSink>);
 
 /// A span's fields, formatted once when it is created.
 struct SpanFields(String);
@@ -148,7 +155,7 @@ where
             }
         }
         match sink {
-            Some(outbox) => outbox.push_event(OutEvent::Log(text)),
+            Some(sink) => sink.line(text),
             None if self.to_stderr => eprintln!("{text}"),
             None => {}
         }

@@ -44,6 +44,12 @@ pub enum Event {
     Log(String),
 }
 
+impl crate::log::LineSink for Outbox {
+    fn line(&self, text: String) {
+        self.push_event(Event::Log(text));
+    }
+}
+
 /// Messages for one subscription, packed so that a batch crosses as two
 /// objects instead of one object per message.
 #[derive(Default)]

@@ -10,6 +10,7 @@ use crate::error::{ErrorCode, JetstanError, Result};
 
 const STREAM_NOT_FOUND: u64 = 10059;
 const CONSUMER_NOT_FOUND: u64 = 10014;
+const MESSAGE_NOT_FOUND: u64 = 10037;
 
 /// One JetStream API call; an `error` in the answer becomes a coded error.
 pub async fn api(js: &jetstream::Context, subject: String, payload: &Value) -> Result<Value> {
@@ -28,6 +29,7 @@ pub async fn api(js: &jetstream::Context, subject: String, payload: &Value) -> R
             let code = match err_code {
                 STREAM_NOT_FOUND => ErrorCode::StreamNotFound,
                 CONSUMER_NOT_FOUND => ErrorCode::ConsumerNotFound,
+                MESSAGE_NOT_FOUND => ErrorCode::MessageNotFound,
                 _ => ErrorCode::BadConfig,
             };
             Err(JetstanError::new(
@@ -102,6 +104,76 @@ pub async fn stream_delete(js: &jetstream::Context, name: &str) -> Result<()> {
     api(js, format!("STREAM.DELETE.{name}"), &json!({}))
         .await
         .map(drop)
+}
+
+/// Removes every message; answers `{ success, purged }`.
+pub async fn stream_purge(js: &jetstream::Context, name: &str) -> Result<Value> {
+    check_name(name)?;
+    api(js, format!("STREAM.PURGE.{name}"), &json!({})).await
+}
+
+/// One stored message by sequence, as the server answers it (`subject`,
+/// `seq`, `time`, base64 `data` and `hdrs`).
+pub async fn stream_get(js: &jetstream::Context, name: &str, sequence: u64) -> Result<Value> {
+    check_name(name)?;
+    let answer = api(
+        js,
+        format!("STREAM.MSG.GET.{name}"),
+        &json!({ "seq": sequence }),
+    )
+    .await?;
+    answer.get("message").cloned().ok_or_else(|| {
+        JetstanError::new(
+            ErrorCode::ServerError,
+            "STREAM.MSG.GET answered without a message",
+        )
+    })
+}
+
+/// The next message of a pull consumer, acked: `None` when none came within `wait`.
+pub async fn consumer_next(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    wait: std::time::Duration,
+) -> Result<Option<Value>> {
+    use futures_util::StreamExt;
+    check_name(stream)?;
+    check_name(name)?;
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(name, stream)
+        .await
+        .map_err(|err| match err.kind() {
+            jetstream::stream::ConsumerErrorKind::JetStream(api)
+                if api.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+            {
+                JetstanError::new(ErrorCode::ConsumerNotFound, err.to_string())
+            }
+            _ => JetstanError::new(ErrorCode::ServerError, err.to_string()),
+        })?;
+    let failed =
+        |err: &dyn std::fmt::Display| JetstanError::new(ErrorCode::ServerError, err.to_string());
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(wait)
+        .messages()
+        .await
+        .map_err(|err| failed(&err))?;
+    let Some(next) = batch.next().await else {
+        return Ok(None);
+    };
+    let message = next.map_err(|err| failed(&err))?;
+    let info = message.info().map_err(|err| failed(&err))?;
+    let value = json!({
+        "subject": message.subject.as_str(),
+        "seq": info.stream_sequence,
+        "delivered": info.delivered,
+        "pending": info.pending,
+        "data": String::from_utf8_lossy(&message.payload),
+    });
+    message.ack().await.map_err(|err| failed(&err))?;
+    Ok(Some(value))
 }
 
 pub async fn stream_list(js: &jetstream::Context) -> Result<Vec<Value>> {
