@@ -111,6 +111,7 @@ impl StreamCache {
             }
             None => self.create(js, channel).await?,
         };
+        tracing::debug!(channel, stream = %name, "channel resolved");
         self.by_channel
             .lock()
             .insert(channel.to_string(), name.clone());
