@@ -91,8 +91,19 @@ function checkTypes (options) {
   }
 }
 
+// JETSTAN_BACKEND flips a deployment between servers without code changes;
+// a `backend` option still wins.
+function defaults () {
+  const fromEnv = process.env.JETSTAN_BACKEND
+  if (fromEnv === undefined || fromEnv === '') return { ...DEFAULTS }
+  if (!BACKENDS.includes(fromEnv)) {
+    throw badOption(`JETSTAN_BACKEND='${fromEnv}' is not a backend (expected ${BACKENDS.join(' or ')})`)
+  }
+  return { ...DEFAULTS, backend: fromEnv }
+}
+
 function effectiveOptions (opts) {
-  const options = { ...DEFAULTS }
+  const options = defaults()
   if (opts === undefined || opts === null) return options
   if (typeof opts === 'number') {
     options.url = `nats://localhost:${opts}`

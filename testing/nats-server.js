@@ -120,11 +120,12 @@ function waitForPort (port, timeoutMs) {
 }
 
 class NatsServer {
-  constructor ({ bin, storeDir, port, extraArgs }) {
+  constructor ({ bin, storeDir, port, extraArgs, jetstream = true }) {
     this.bin = bin
     this.storeDir = storeDir
     this.port = port
     this.extraArgs = extraArgs
+    this.jetstream = jetstream
     this.child = null
   }
 
@@ -133,7 +134,7 @@ class NatsServer {
 
   async _launch () {
     const portsDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'jetstan-ports-'))
-    const args = ['-a', '127.0.0.1', '-p', String(this.port ?? -1), '-js', '-sd', this.storeDir,
+    const args = ['-a', '127.0.0.1', '-p', String(this.port ?? -1), ...(this.jetstream ? ['-js', '-sd', this.storeDir] : []),
       '--ports_file_dir', portsDir, '-l', path.join(this.storeDir, 'server.log'), ...this.extraArgs]
     const child = spawn(this.bin, args, { stdio: 'ignore' })
     child.unref()
@@ -203,11 +204,11 @@ class NatsServer {
   }
 }
 
-/** Starts a JetStream-enabled nats-server on 127.0.0.1 and a free port. */
-async function startServer ({ extraArgs = [] } = {}) {
+/** Starts a nats-server on 127.0.0.1 and a free port, JetStream enabled unless `jetstream: false`. */
+async function startServer ({ extraArgs = [], jetstream = true } = {}) {
   const bin = findNatsServer()
   const storeDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'jetstan-store-'))
-  const server = new NatsServer({ bin, storeDir, port: null, extraArgs })
+  const server = new NatsServer({ bin, storeDir, port: null, extraArgs, jetstream })
   await server._launch()
   return server
 }

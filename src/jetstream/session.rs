@@ -54,6 +54,26 @@ struct ApiError {
     description: String,
 }
 
+/// Whether something listens where a nats-streaming-server takes connects
+/// for this cluster: an answer, or silence rather than "no responders".
+async fn stan_answers(options: &ConnectOptions, client: &Client) -> bool {
+    let prefix = options
+        .discover_prefix
+        .as_deref()
+        .unwrap_or("_STAN.discover");
+    let subject = format!("{prefix}.{}", options.cluster_id);
+    let asked = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        client.request(subject, bytes::Bytes::new()),
+    )
+    .await;
+    match asked {
+        Err(_) => true,
+        Ok(Ok(_)) => true,
+        Ok(Err(err)) => !matches!(err.kind(), async_nats::RequestErrorKind::NoResponders),
+    }
+}
+
 impl Protocol for JetStream {
     type Live = Live;
     const DEDUPLICATES: bool = true;
@@ -75,10 +95,21 @@ impl Protocol for JetStream {
                 ))
             }
             Ok(Err(err)) => {
+                let hint = if stan_answers(options, &client).await {
+                    format!(
+                        "a nats-streaming-server serves cluster '{}' there: connect with \
+                         backend: 'stan', or set JETSTAN_BACKEND=stan",
+                        options.cluster_id
+                    )
+                } else {
+                    "enable JetStream on the server (nats-server -js), or for a \
+                     nats-streaming-server use backend: 'stan' (or JETSTAN_BACKEND=stan)"
+                        .to_string()
+                };
                 return Err(JetstanError::new(
                     ErrorCode::JetStreamNotEnabled,
-                    format!("JetStream is not available on this server: {err}"),
-                ))
+                    format!("JetStream is not available on this server ({err}); {hint}"),
+                ));
             }
             Ok(Ok(_)) => {}
         }
