@@ -143,3 +143,23 @@ describe('bad connect arguments throw BAD_OPTION', () => {
     assert.throws(() => stan.connect(CLUSTER, 7), { message: 'stan: client ID must be supplied' })
   })
 })
+
+test('when no native addon loads, one line says which platform and the ways out', () => {
+  const { execFileSync } = require('node:child_process')
+  const script = `
+    const Module = require('node:module')
+    const load = Module._load
+    Module._load = function (request, ...rest) {
+      if (request.endsWith('binding.js')) throw new Error('Cannot find module jetstan-linux-x64-musl')
+      return load.call(this, request, ...rest)
+    }
+    try { require(${JSON.stringify(require('node:path').join(__dirname, '..', 'lib', 'native.js'))}) } catch (err) {
+      console.log(JSON.stringify({ code: err.code, message: err.message, cause: err.cause?.message }))
+    }`
+  const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' }))
+  assert.equal(out.code, 'NATIVE_MISSING')
+  assert.equal(out.message.includes('\n'), false)
+  assert.match(out.message, new RegExp(`on ${process.platform}-${process.arch}`))
+  assert.match(out.message, /npm run build.*rustup\.rs.*glibc/)
+  assert.match(out.cause, /jetstan-linux-x64-musl/)
+})

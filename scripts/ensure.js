@@ -63,6 +63,6 @@ function ensureAll ({ examples = true, natsServer = true } = {}) {
   if (natsServer) ensureNatsServer()
 }
 
-module.exports = { ensureAll, run, ROOT }
+module.exports = { ensureAll, ensureNpm, run, ROOT }
 
 if (require.main === module) ensureAll()
