@@ -189,15 +189,17 @@ impl SubscriptionTask {
         let mut lapse_at: Option<Instant> = None;
         let reason = 'life: loop {
             if rebind_at.is_none() {
+                // Full: messages whose clocks ran out free room first (and
+                // the scan says when the next one will).
+                if lapse_at.is_none() && registry.counted() >= limit {
+                    lapse_at = registry.lapse(Instant::now());
+                }
                 while let Some(batch) = pulls.wanted(limit, registry.counted()) {
                     if let Err(err) = pulls.ask(&bound.consumer, batch).await {
                         tracing::debug!(sid, error = %err, "pull request not sent");
                         rebind_at = Some(self.backoff(&mut attempt));
                         break;
                     }
-                }
-                if lapse_at.is_none() && registry.counted() >= limit {
-                    lapse_at = registry.lapse(Instant::now());
                 }
             }
             let silent_after = pulls.silent_after().filter(|_| rebind_at.is_none());

@@ -44,7 +44,14 @@ pub struct Registry {
     held: IdMap<u64, Held>,
     counted: usize,
     ack_wait: Duration,
+    registered: u64,
 }
+
+/// A message whose clock ran out this long ago was most likely handled by
+/// another member: forget it, so the registry does not grow with failures.
+const FORGET_AFTER_ACK_WAITS: u32 = 10;
+/// Every this many registrations the registry forgets such messages.
+const PRUNE_EVERY: u64 = 1024;
 
 impl Registry {
     pub fn new(ack_wait: Duration) -> Registry {
@@ -52,10 +59,15 @@ impl Registry {
             held: IdMap::default(),
             counted: 0,
             ack_wait: ack_wait + LAPSE_MARGIN,
+            registered: 0,
         }
     }
 
     pub fn register(&mut self, sequence: u64, reply: Subject, now: Instant) {
+        self.registered += 1;
+        if self.registered.is_multiple_of(PRUNE_EVERY) {
+            self.prune(now);
+        }
         let lapses = now + self.ack_wait;
         match self.held.entry(sequence) {
             Entry::Occupied(mut entry) => {
@@ -119,9 +131,16 @@ impl Registry {
         self.counted
     }
 
+    fn prune(&mut self, now: Instant) {
+        let long_ago = self.ack_wait * FORGET_AFTER_ACK_WAITS;
+        self.held
+            .retain(|_, held| held.counted || held.lapses + long_ago > now);
+    }
+
     /// Messages whose ack clock ran out are the server's again (it delivers
     /// them anew) and stop taking room. Returns when the next clock runs out.
     pub fn lapse(&mut self, now: Instant) -> Option<Instant> {
+        self.prune(now);
         let mut next: Option<Instant> = None;
         for held in self.held.values_mut().filter(|held| held.counted) {
             if held.lapses <= now {
@@ -285,6 +304,14 @@ mod tests {
         registry.register(6, Subject::from("r6b"), later);
         assert_eq!(registry.restart_clocks(&[6.0], later).len(), 1);
         assert_eq!(registry.counted(), 1);
+        // Lapsed long ago (another member handled it, most likely): forgotten.
+        registry.register(7, Subject::from("r7"), later);
+        let much_later = later + Duration::from_secs(60);
+        registry.lapse(much_later);
+        assert_eq!(registry.counted(), 0);
+        assert_eq!(registry.floor(), Some(6));
+        registry.lapse(much_later + Duration::from_secs(60));
+        assert_eq!(registry.floor(), None);
     }
 
     #[test]
