@@ -679,8 +679,8 @@ impl<P: Protocol> Open<P> {
         let mut claimed = false;
         if denial.subject.starts_with("$JS.API.CONSUMER.") {
             for entry in self.subs.values() {
-                let suffix = denial.subject.len().checked_sub(entry.channel.len() + 1);
-                if suffix.is_some_and(|at| denial.subject[at..] == format!(".{}", entry.channel)) {
+                let channel = denial.subject.strip_suffix(entry.channel.as_str());
+                if channel.is_some_and(|rest| rest.ends_with('.')) {
                     claimed |= entry.commands.send(SubCommand::Denied(err.clone())).is_ok();
                 }
             }
