@@ -5,44 +5,28 @@
 // and connecting with the jetstream backend to a server that only runs STAN
 // says so and how to switch.
 
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
-const { startServer } = require('../testing/nats-server')
-const { StanDouble } = require('../testing/stan-double/server')
-const { once, unique, closeQuietly, stan } = require('./helpers')
+const { once, unique, useBothBackends, stan } = require('./helpers')
 
 const CLUSTER = 'switch-cluster'
-let server
-let double
-const open = new Set()
-
-before(async () => {
-  server = await startServer({ jetstream: false })
-  double = await new StanDouble({ url: server.url, clusterID: CLUSTER }).start()
-})
-after(async () => {
-  await Promise.all([...open].filter((sc) => !sc.isClosed()).map(closeQuietly))
-  await double.stop()
-  await server.stop()
-})
+const ctx = useBothBackends(CLUSTER, { jetstream: false })
 
 /** `stan.connect` with JETSTAN_BACKEND set for the (synchronous) option parsing only. */
 function connectWithEnv (backend, cluster, opts) {
   process.env.JETSTAN_BACKEND = backend
   try {
-    const sc = stan.connect(cluster, unique('switch'), { url: server.url, ...opts })
-    open.add(sc)
-    return sc
+    return ctx.track(stan.connect(cluster, unique('switch'), { url: ctx.server.url, ...opts }))
   } finally {
     delete process.env.JETSTAN_BACKEND
   }
 }
 
 test('the jetstream backend against a STAN-only server says how to switch', async () => {
-  const err = await stan.connectAsync(CLUSTER, unique('switch'), { url: server.url }).catch((e) => e)
+  const err = await stan.connectAsync(CLUSTER, unique('switch'), { url: ctx.server.url }).catch((e) => e)
   assert.equal(err.code, 'JETSTREAM_NOT_ENABLED')
   assert.match(err.message, /a nats-streaming-server serves cluster 'switch-cluster' there: connect with backend: 'stan', or set JETSTAN_BACKEND=stan/)
-  const elsewhere = await stan.connectAsync('no-stan-here', unique('switch'), { url: server.url }).catch((e) => e)
+  const elsewhere = await stan.connectAsync('no-stan-here', unique('switch'), { url: ctx.server.url }).catch((e) => e)
   assert.equal(elsewhere.code, 'JETSTREAM_NOT_ENABLED')
   assert.match(elsewhere.message, /enable JetStream on the server \(nats-server -js\)/)
 })

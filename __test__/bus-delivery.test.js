@@ -6,43 +6,19 @@
 // ways with services that parse by hand. Counts are asserted; timings are
 // printed as JSON lines.
 
-const { describe, test, before, after } = require('node:test')
+const { describe, test } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
-const { startServer } = require('../testing/nats-server')
 const { startProxy } = require('../testing/proxy')
-const { StanDouble } = require('../testing/stan-double/server')
-const { once, unique, quietPeriod, closeQuietly, stan } = require('./helpers')
+const { once, unique, quietPeriod, useBothBackends, figure, stan } = require('./helpers')
 const { PlainListener, PlainPublisher } = require('./fixtures/course-style')
 const { Listener, Publisher, createBus } = stan
 
 const CLUSTER = 'bus-cluster'
 const WAIT_MS = 30000
-let server
-let double
-const open = new Set()
-
-before(async () => {
-  server = await startServer()
-  double = await new StanDouble({ url: server.url, clusterID: CLUSTER }).start()
-})
-after(async () => {
-  await Promise.all([...open].filter((sc) => !sc.isClosed()).map(closeQuietly))
-  await double.stop()
-  await server.stop()
-})
-
-function figure (name, fields) {
-  console.log(JSON.stringify({ test: name, ...fields }))
-}
-
-async function connect (backend, opts = {}) {
-  const sc = stan.connect(CLUSTER, unique(backend), { url: server.url, backend, ...opts })
-  open.add(sc)
-  await once(sc, 'connect')
-  return sc
-}
+const ctx = useBothBackends(CLUSTER)
+const connect = ctx.connect
 
 function listenerClass (subject, group, onMessage, extra = {}) {
   return class extends Listener {
@@ -194,7 +170,7 @@ for (const backend of ['jetstream', 'stan']) {
     })
 
     test('across a reconnect, each of 40 events runs once, in order', async () => {
-      const proxy = await startProxy(Number(new URL(server.url).port))
+      const proxy = await startProxy(Number(new URL(ctx.server.url).port))
       try {
         const publisher = await connect(backend)
         const sc = await connect(backend, { url: proxy.url, stanPingInterval: 60000 })
@@ -326,7 +302,7 @@ describe('errors without an error listener', () => {
   for (const mode of ['throw', 'invalid']) {
     test(`a ${mode === 'throw' ? 'throwing handler' : 'invalid payload'} surfaces as an uncaught exception`, async () => {
       const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'unwatched-listener.js'),
-        server.url, 'jetstream', CLUSTER, unique('unwatched'), mode], { stdio: ['ignore', 'pipe', 'pipe'] })
+        ctx.server.url, 'jetstream', CLUSTER, unique('unwatched'), mode], { stdio: ['ignore', 'pipe', 'pipe'] })
       let stdout = ''
       let stderr = ''
       child.stdout.on('data', (chunk) => { stdout += chunk })

@@ -6,44 +6,19 @@
 // counts what was published, acked, received and duplicated, and asserts on
 // the counts; timings are printed as JSON lines, never asserted.
 
-const { describe, test, before, after } = require('node:test')
+const { describe, test } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
-const { startServer } = require('../testing/nats-server')
 const { startProxy } = require('../testing/proxy')
-const { StanDouble } = require('../testing/stan-double/server')
-const { once, unique, publish, closeQuietly, stan } = require('./helpers')
+const { once, unique, publish, useBothBackends, figure, stan } = require('./helpers')
 
 const CLUSTER = 'faults-cluster'
-let server
-let double
-const open = new Set()
-
-before(async () => {
-  server = await startServer()
-  double = await new StanDouble({ url: server.url, clusterID: CLUSTER }).start()
-})
-after(async () => {
-  await Promise.all([...open].filter((sc) => !sc.isClosed()).map(closeQuietly))
-  await double.stop()
-  await server.stop()
-})
-
-function figure (name, fields) {
-  console.log(JSON.stringify({ test: name, ...fields }))
-}
+const ctx = useBothBackends(CLUSTER)
+const connect = ctx.connect
 
 function start (backend, opts = {}, clientID = unique(backend)) {
-  const sc = stan.connect(CLUSTER, clientID, { url: server.url, backend, ...opts })
-  open.add(sc)
-  return sc
-}
-
-async function connect (backend, opts, clientID) {
-  const sc = start(backend, opts, clientID)
-  await once(sc, 'connect')
-  return sc
+  return ctx.track(stan.connect(CLUSTER, clientID, { url: ctx.ctx.server.url, backend, ...opts }))
 }
 
 /** Runs a scenario in a child process of its own; resolves with its exit code and last JSON line. */
@@ -78,7 +53,7 @@ function publishMany (sc, channel, count, { timeoutMs = 20000 } = {}) {
 for (const backend of ['jetstream', 'stan']) {
   describe(`${backend}: the server goes away`, () => {
     test('every publish gets its callback within ackTimeout while the server is unreachable', async () => {
-      const proxy = await startProxy(server.port)
+      const proxy = await startProxy(ctx.server.port)
       try {
         const sc = await connect(backend, { url: proxy.url, ackTimeout: 1000, stanPingInterval: 60000 })
         await publish(sc, unique('down'), 'warm-up')
@@ -95,7 +70,7 @@ for (const backend of ['jetstream', 'stan']) {
     })
 
     test('close() ends with a close event while the server is unreachable, holding unacked messages', async () => {
-      const proxy = await startProxy(server.port)
+      const proxy = await startProxy(ctx.server.port)
       try {
         const sc = await connect(backend, { url: proxy.url, stanPingInterval: 60000 })
         const channel = unique('held')
@@ -122,7 +97,7 @@ for (const backend of ['jetstream', 'stan']) {
 
   describe(`${backend}: leaving while the server is unreachable`, () => {
     test('subscription close() and drain() end, with acks and unacked messages pending', async () => {
-      const proxy = await startProxy(server.port)
+      const proxy = await startProxy(ctx.server.port)
       try {
         const sc = await connect(backend, { url: proxy.url, stanPingInterval: 60000 })
         const channel = unique('leave')
@@ -154,8 +129,8 @@ for (const backend of ['jetstream', 'stan']) {
   describe(`${backend}: hostile arguments`, () => {
     test('a 70,000-letter client or cluster ID fails the connect once with a code, no reconnect storm', async () => {
       for (const [cluster, client] of [[CLUSTER, 'a'.repeat(70000)], ['c'.repeat(70000), 'client']]) {
-        const sc = stan.connect(cluster, client, { url: server.url, backend })
-        open.add(sc)
+        const sc = stan.connect(cluster, client, { url: ctx.server.url, backend })
+        ctx.track(sc)
         let errors = 0
         sc.on('error', () => { errors++ })
         const closed = once(sc, 'close', { rejectOnError: false })
@@ -170,7 +145,7 @@ for (const backend of ['jetstream', 'stan']) {
     })
 
     test('10,000 seeded calls with hostile arguments: no crash, every error has a code, still publishing', async () => {
-      const { code, result } = await runFixture('fuzz.js', [server.url, backend, CLUSTER, '10000', '20261129'], 120000)
+      const { code, result } = await runFixture('fuzz.js', [ctx.server.url, backend, CLUSTER, '10000', '20261129'], 120000)
       figure('fuzz', { backend, ...result })
       assert.equal(code, 0)
       assert.equal(result.uncoded, 0, `errors without a code: ${JSON.stringify(result.examples)}`)
@@ -181,7 +156,7 @@ for (const backend of ['jetstream', 'stan']) {
 
   describe(`${backend}: throwing handlers`, () => {
     test('a throwing ready handler costs no publish callback and drain() still ends', async () => {
-      const { code, result } = await runFixture('throwing-handlers.js', [server.url, backend, CLUSTER], 60000)
+      const { code, result } = await runFixture('throwing-handlers.js', [ctx.server.url, backend, CLUSTER], 60000)
       figure('throwing-handlers', { backend, ...result })
       assert.equal(code, 0)
       assert.equal(result.callbacks, 20000)
@@ -257,7 +232,7 @@ describe('jetstream: operators and failed subscribes', () => {
 
 describe('jetstream: a 10 s network cut while publishing and consuming', () => {
   test('loses no acked message', async () => {
-    const proxy = await startProxy(server.port)
+    const proxy = await startProxy(ctx.server.port)
     try {
       const sc = await connect('jetstream', { url: proxy.url, reconnectTimeWait: 250 })
       const channel = unique('cut')

@@ -115,6 +115,41 @@ function useServer ({ extraArgs } = {}) {
   return ctx
 }
 
+/**
+ * For files that test both backends side by side: a nats-server of their
+ * own (JetStream unless `jetstream: false`) with the STAN test double for
+ * `cluster` on it. `ctx.connect(backend, opts, clientID)` resolves once
+ * connected; `ctx.track(sc)` has a connection made otherwise closed after the
+ * file too.
+ */
+function useBothBackends (cluster, { jetstream = true } = {}) {
+  const ctx = { server: null, double: null, open: new Set() }
+  before(async () => {
+    ctx.server = await startServer({ jetstream })
+    ctx.double = await new StanDouble({ url: ctx.server.url, clusterID: cluster }).start()
+  })
+  after(async () => {
+    await Promise.all([...ctx.open].filter((sc) => !sc.isClosed()).map(closeQuietly))
+    await ctx.double?.stop()
+    await ctx.server?.stop()
+  })
+  ctx.track = (sc) => {
+    ctx.open.add(sc)
+    return sc
+  }
+  ctx.connect = async (backend, opts = {}, clientID = unique(backend)) => {
+    const sc = ctx.track(stan.connect(cluster, clientID, { url: ctx.server.url, backend, ...opts }))
+    await once(sc, 'connect')
+    return sc
+  }
+  return ctx
+}
+
+/** A timing or count a test reports without asserting on it: one JSON line. */
+function figure (name, fields) {
+  console.log(JSON.stringify({ test: name, ...fields }))
+}
+
 /** Closes a connection that has not emitted `close` yet and waits for it. */
 async function closeQuietly (sc) {
   const closed = once(sc, 'close', { rejectOnError: false })
@@ -122,4 +157,4 @@ async function closeQuietly (sc) {
   await closed
 }
 
-module.exports = { CLUSTER, BACKEND_OPTIONS, ORIGINAL, ON_DOUBLE, startBackend, unique, once, collect, publish, quietPeriod, useServer, closeQuietly, stan }
+module.exports = { CLUSTER, BACKEND_OPTIONS, ORIGINAL, ON_DOUBLE, startBackend, unique, once, collect, publish, quietPeriod, useServer, useBothBackends, figure, closeQuietly, stan }

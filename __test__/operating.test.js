@@ -4,7 +4,7 @@
 // trace context through the typed bus (OpenTelemetry's in-memory exporter),
 // stats() against a known workload, and 0.3.2's readable properties.
 
-const { describe, test, before, after } = require('node:test')
+const { describe, test } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
@@ -12,31 +12,14 @@ const otel = require('@opentelemetry/api')
 const { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } = require('@opentelemetry/sdk-trace-base')
 const { W3CTraceContextPropagator } = require('@opentelemetry/core')
 const { AsyncLocalStorageContextManager } = require('@opentelemetry/context-async-hooks')
-const { startServer } = require('../testing/nats-server')
-const { StanDouble } = require('../testing/stan-double/server')
-const { once, unique, collect, closeQuietly, stan } = require('./helpers')
+const { once, unique, collect, useBothBackends, stan } = require('./helpers')
 const { Publisher, Listener } = stan
 
 const CLUSTER = 'operating-cluster'
-let server
-let double
-const open = new Set()
+const ctx = useBothBackends(CLUSTER)
 
-before(async () => {
-  server = await startServer()
-  double = await new StanDouble({ url: server.url, clusterID: CLUSTER }).start()
-})
-after(async () => {
-  await Promise.all([...open].filter((sc) => !sc.isClosed()).map(closeQuietly))
-  await double.stop()
-  await server.stop()
-})
-
-async function connect (opts = {}) {
-  const sc = stan.connect(CLUSTER, unique('op'), { url: server.url, ...opts })
-  open.add(sc)
-  await once(sc, 'connect')
-  return sc
+function connect (opts = {}) {
+  return ctx.connect(opts.backend ?? 'jetstream', opts, unique('op'))
 }
 
 /** Runs a child that connects, publishes once and closes; resolves with its stderr. */
@@ -44,7 +27,7 @@ function childStderr (env) {
   const channel = unique('logged')
   const script = `
     const stan = require(${JSON.stringify(path.join(__dirname, '..'))})
-    stan.connectAsync(${JSON.stringify(CLUSTER)}, 'logged-' + process.pid, { url: ${JSON.stringify(server.url)} })
+    stan.connectAsync(${JSON.stringify(CLUSTER)}, 'logged-' + process.pid, { url: ${JSON.stringify(ctx.server.url)} })
       .then(async (sc) => { await sc.publishAsync(${JSON.stringify(channel)}, 'x'); await sc.close() })`
   const child = spawn(process.execPath, ['-e', script], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
@@ -72,7 +55,7 @@ describe('logs', () => {
     assert.ok(lines.some((line) => /^INFO jetstan::session: connected /.test(line)), lines.join('\n'))
     assert.ok(lines.some((line) => /^INFO jetstan::session: closed .*client=op-/.test(line)), lines.join('\n'))
     assert.ok(lines.every((line) => !/DEBUG/.test(line)))
-    assert.throws(() => stan.connect(CLUSTER, unique('op'), { url: server.url, logger: 'stderr' }), { code: 'BAD_OPTION' })
+    assert.throws(() => stan.connect(CLUSTER, unique('op'), { url: ctx.server.url, logger: 'stderr' }), { code: 'BAD_OPTION' })
   })
 })
 

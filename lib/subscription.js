@@ -286,6 +286,8 @@ class Subscription extends EventEmitter {
   /** Emits one `message` per delivered message; auto-acks the batch once. */
   _deliver (batch, meta, headerIndex, headerText) {
     const stats = this.stanConnection._stats
+    stats.msgsIn += meta.length / META_STRIDE
+    stats.bytesIn += batch.length
     let offset = 0
     let withHeaders = 0
     for (let i = 0; i < meta.length; i += META_STRIDE) {
@@ -293,8 +295,6 @@ class Subscription extends EventEmitter {
       const length = meta[i + 4]
       const msg = new Message(this, meta[i], meta[i + 1], meta[i + 2], meta[i + 3], batch, offset, length)
       offset += length
-      stats.msgsIn++
-      stats.bytesIn += length
       if (meta[i + 3] > 0) stats.redelivered++
       if (headerIndex !== undefined && headerIndex !== null && headerIndex[withHeaders] === i / META_STRIDE) {
         msg._headerText = headerText[withHeaders++]
