@@ -68,6 +68,9 @@ export declare class Connection {
   streamPurge(name: string): Promise<string>
   /** One stored message by sequence, as the server's JSON (base64 data). */
   streamGet(name: string, sequence: number): Promise<string>
+  streamDeleteMessage(name: string, sequence: number): Promise<void>
+  /** See `manage::consumer_settle`; `{ acked, released }` as JSON. */
+  consumerSettle(stream: string, name: string, through: number, unacked: Array<number>): Promise<string>
   /** The next message of a pull consumer, acked; `null` after `wait_ms` without one. */
   consumerNext(stream: string, name: string, waitMs: number): Promise<string | null>
   /** Infos of every stream, as a JSON array. */
@@ -173,6 +176,18 @@ export interface Delivery {
    */
   headerIndex?: Uint32Array
   headerText?: Array<string>
+}
+
+export declare function jetstreamNames(clusterId: string, clientId: string, channel: string, durableName?: string | undefined | null, queueGroup?: string | undefined | null): JetStreamNames
+
+/**
+ * Where the jetstream backend keeps a channel, and which consumer it binds
+ * for a durable (or durable queue group) of a client: what a migration
+ * from STAN must write to.
+ */
+export interface JetStreamNames {
+  stream: string
+  consumer?: string
 }
 
 export interface KvEntry {

@@ -838,3 +838,4 @@ module.exports = nativeBinding
 module.exports.Connection = nativeBinding.Connection
 module.exports.KeyValue = nativeBinding.KeyValue
 module.exports.KvWatcher = nativeBinding.KvWatcher
+module.exports.jetstreamNames = nativeBinding.jetstreamNames

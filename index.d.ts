@@ -58,7 +58,10 @@ export type ErrorCode =
   | 'CLIENT_ID_IN_USE' | 'BAD_CLIENT_ID' | 'DUPLICATE_DURABLE' | 'CONNECTION_LOST' | 'INVALID_PAYLOAD'
   | 'BAD_CONFIG' | 'CONSUMER_NOT_FOUND' | 'BUCKET_NOT_FOUND' | 'KEY_EXISTS' | 'WRONG_REVISION' | 'BAD_KEY'
   | 'NOT_SUPPORTED'
-  | 'PROTOCOL_ERROR' | 'AUTH_FAILED' | 'TLS_ERROR' | 'PERMISSION_DENIED' | 'KEY_NOT_FOUND'
+  | 'PROTOCOL_ERROR' | 'AUTH_FAILED' | 'TLS_ERROR' | 'PERMISSION_DENIED' | 'KEY_NOT_FOUND' | 'MESSAGE_NOT_FOUND'
+  // jetstan migrate
+  | 'MONITOR_UNREACHABLE' | 'UNKNOWN_CLUSTER' | 'UNKNOWN_CHANNEL' | 'TARGET_CONFLICT' | 'STALLED'
+  | 'COPY_FAILED' | 'DURABLE_ONLINE' | 'DURABLE_STATE'
 
 /** NATS connection options, as node-nats-streaming 0.3.2 forwarded them. */
 export interface ClientOpts {
@@ -506,6 +509,12 @@ export interface Streams {
   info (name: string): Promise<JetStreamJson>
   list (): Promise<JetStreamJson[]>
   delete (name: string): Promise<void>
+  /** Removes every message; resolves with how many. */
+  purge (name: string): Promise<number>
+  /** One stored message by sequence; `MESSAGE_NOT_FOUND` when there is none. */
+  get (name: string, sequence: number): Promise<{ subject: string, seq: number, time: string, data: Buffer }>
+  /** Removes one message by sequence, leaving a gap. */
+  deleteMessage (name: string, sequence: number): Promise<void>
 }
 
 export interface Consumers {
@@ -515,7 +524,77 @@ export interface Consumers {
   info (stream: string, name: string): Promise<JetStreamJson>
   list (stream: string): Promise<JetStreamJson[]>
   delete (stream: string, name: string): Promise<void>
+  /** The next message of a pull consumer, acked; null after `wait` ms (default 5000) without one. */
+  next (stream: string, name: string, options?: { wait?: number }): Promise<{ subject: string, seq: number, delivered: number, pending: number, data: string } | null>
+  /**
+   * Gives a durable consumer an acknowledgement state: every message up to
+   * `through` is acked except `unacked`, which are released to the next subscriber.
+   */
+  settle (stream: string, name: string, through: number, unacked: number[]): Promise<{ acked: number, released: number }>
 }
+
+/**
+ * The stream the jetstream backend uses for `channel` of `clusterID`, and the
+ * consumer it binds for a durable (`clientID` + `durableName`) or a queue
+ * group (`durableName` optional); `consumer` is null for neither.
+ */
+export declare function jetstreamNames (clusterID: string, clientID: string, channel: string, durableName?: string | null, queueGroup?: string | null): { stream: string, consumer: string | null }
+
+export interface MigrateOptions {
+  /** The nats-streaming-server: the NATS URL its clients use. */
+  from: string
+  /** The JetStream server. */
+  to: string
+  cluster: string
+  /** Its monitoring endpoint (default `http://<host of from>:8222`). */
+  monitor?: string
+  /** The channels to copy; or `all`. */
+  channels?: string[]
+  all?: boolean
+  dryRun?: boolean
+  /** Keep copying (and carrying durables as their services stop) until `signal` aborts, then verify. */
+  follow?: boolean
+  signal?: AbortSignal
+  /** How often `follow` looks for new channels and stopped durables, ms (default 1000). */
+  pollMs?: number
+  /** Limits of the streams it creates, as the connect option (default STAN's). */
+  streamDefaults?: StreamDefaults
+  /** More connect options for both servers (credentials, TLS). */
+  connectOptions?: StanOptions
+  onProgress?: (event: { type: 'channel' | 'copy' | 'verify', channel: string, [field: string]: unknown }) => void
+}
+
+export interface MigrateChecksum { count: number, sha256: string }
+
+export interface MigrateReport {
+  /** False when a channel did not verify or a durable was not carried. */
+  ok: boolean
+  dryRun: boolean
+  copied: number
+  messagesPerSecond: number | null
+  channels: Array<{
+    channel: string, stream: string, firstSeq: number, lastSeq: number, copied: number,
+    /** Where this run continued a previous one, if it did. */
+    resumedAt: number | null
+    /** Sequences missing at the source while copying, kept as gaps. */
+    gaps: number
+    /** Sequences that expired at the source during the run. */
+    expired: number
+    verified: { first: number, last: number, source: MigrateChecksum, target: MigrateChecksum, match: boolean } | null
+    error?: string
+  }>
+  durables: Array<{
+    channel: string, clientID: string | null, durable: string, queueGroup: string | null, stream: string, consumer: string | null,
+    status: 'carried' | 'exists' | 'would carry' | 'online' | 'failed' | 'pending'
+    /** The consumer's first sequence: the lowest unacked, else last_sent + 1. */
+    startSeq: number | null
+    unacked: number[]
+    error?: string
+  }>
+}
+
+/** Copies STAN channels and durable positions into JetStream (see docs/migrating-from-stan.md). */
+export declare function migrate (options: MigrateOptions): Promise<MigrateReport>
 
 export interface KVOptions {
   /** Open only; reject with `BUCKET_NOT_FOUND` if absent (default: create). */

@@ -7,6 +7,8 @@ const { connect, connectAsync } = require('./lib/stan')
 const { StartPosition } = require('./lib/subscription')
 const { StanError } = require('./lib/errors')
 const { Publisher, Listener, createBus, jsonCodec, taggedJsonCodec } = require('./lib/bus')
+const { migrate } = require('./lib/migrate')
+const { jetstreamNames } = require('./lib/native')
 const { version } = require('./package.json')
 
-module.exports = { version, connect, StartPosition, connectAsync, Publisher, Listener, createBus, jsonCodec, taggedJsonCodec, StanError }
+module.exports = { version, connect, StartPosition, connectAsync, Publisher, Listener, createBus, jsonCodec, taggedJsonCodec, StanError, migrate, jetstreamNames }

@@ -1,4 +1,4 @@
 import jetstan from './index.js'
 
-export const { version, connect, StartPosition, connectAsync, Publisher, Listener, createBus, jsonCodec, taggedJsonCodec, StanError } = jetstan
+export const { version, connect, StartPosition, connectAsync, Publisher, Listener, createBus, jsonCodec, taggedJsonCodec, StanError, migrate, jetstreamNames } = jetstan
 export default jetstan

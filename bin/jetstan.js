@@ -298,6 +298,103 @@ program.command('sub <subject>').description('print messages until interrupted (
     }
   }))
 
+// ---------------------------------------------------------------- migrate
+program.command('migrate').description('copy STAN channels and durable positions into the streams and consumers of the jetstream backend')
+  .requiredOption('--from <url>', 'the nats-streaming-server (the NATS URL its clients use)')
+  .requiredOption('--cluster <id>', 'its cluster ID')
+  .option('--monitor <url>', 'its monitoring endpoint (default: http://<host of --from>:8222)')
+  .option('--to <url>', 'the JetStream server (default: --server, NATS_URL, nats://localhost:4222)')
+  .option('--channels <list>', 'the channels to copy, comma-separated')
+  .option('--all', 'every channel')
+  .option('--dry-run', 'say what would be copied and carried; change nothing')
+  .option('--follow', 'keep copying new messages (and carry durables as their services stop) until interrupted, then verify')
+  .addHelpText('after', '\nExit code 1 when a channel does not verify or a durable was not carried.')
+  .action(async (opts) => {
+    if (!opts.all && !opts.channels) throw new UsageError('name --channels a,b or --all')
+    if (opts.all && opts.channels) throw new UsageError('--channels and --all do not go together')
+    const abort = new AbortController()
+    if (opts.follow) interrupted().then(() => abort.abort())
+    const progress = globals().json ? () => {} : progressReporter()
+    let report
+    try {
+      report = await jetstan.migrate({
+        from: opts.from,
+        to: opts.to ?? globals().server ?? process.env.NATS_URL ?? 'nats://localhost:4222',
+        cluster: opts.cluster,
+        monitor: opts.monitor,
+        channels: opts.channels?.split(',').map((c) => c.trim()).filter(Boolean),
+        all: opts.all === true,
+        dryRun: opts.dryRun === true,
+        follow: opts.follow === true,
+        signal: abort.signal,
+        onProgress: progress
+      })
+    } finally {
+      progress.stop?.()
+    }
+    print(report, reportText)
+    if (!report.ok) process.exitCode = 1
+  })
+
+/** A bar per channel on a terminal; elsewhere a line per tenth of a channel and per phase. */
+function progressReporter () {
+  if (process.stderr.isTTY) {
+    const { MultiBar, Presets } = require('cli-progress')
+    const bars = new MultiBar({ stream: process.stderr, format: ' {bar} {channel} {value}/{total} {phase}', hideCursor: true, clearOnComplete: false }, Presets.shades_classic)
+    const byChannel = new Map()
+    const report = (event) => {
+      let bar = byChannel.get(event.channel)
+      if (event.type === 'channel') {
+        const total = Math.max(0, event.lastSeq - event.next + 1)
+        byChannel.set(event.channel, bars.create(total, 0, { channel: event.channel, phase: 'copy' }))
+      } else if (event.type === 'copy' && bar) {
+        bar.setTotal(Math.max(bar.getTotal(), event.copied))
+        bar.update(event.copied)
+      } else if (event.type === 'verify' && bar) {
+        bar.update({ phase: 'verify' })
+      }
+    }
+    report.stop = () => bars.stop()
+    return report
+  }
+  const channels = new Map()
+  return (event) => {
+    if (event.type === 'channel') {
+      channels.set(event.channel, { step: Math.max(1, Math.ceil((event.lastSeq - event.next + 1) / 10)), reported: event.next - 1 })
+      console.error(`migrate: ${event.channel}: sequences ${event.firstSeq}..${event.lastSeq}, copying from ${event.next}`)
+    }
+    if (event.type === 'verify') console.error(`migrate: ${event.channel}: verifying`)
+    const channel = channels.get(event.channel)
+    if (event.type !== 'copy' || channel === undefined) return
+    if (event.sequence - channel.reported >= channel.step || event.sequence === event.lastSeq) {
+      channel.reported = event.sequence
+      console.error(`migrate: ${event.channel}: copied ${event.copied}, at sequence ${event.sequence} of ${event.lastSeq}`)
+    }
+  }
+}
+
+function reportText (r) {
+  const lines = []
+  const table = (header, rows) => {
+    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => String(row[i]).length)))
+    const line = (cells) => cells.map((c, i) => String(c).padEnd(widths[i])).join('  ').trimEnd()
+    lines.push(line(header), ...rows.map(line))
+  }
+  table(['channel', 'stream', 'copied', 'gaps', 'expired', 'source', 'target', 'verified'], r.channels.map((c) => {
+    const v = c.verified
+    const side = (s) => v === null ? '-' : `${s.count} ${s.sha256.slice(0, 12)}`
+    return [c.channel, c.stream, c.copied, c.gaps, c.expired, side(v?.source), side(v?.target), v === null ? (r.dryRun ? 'dry run' : 'no') : (v.match ? `ok ${v.first}..${v.last}` : 'MISMATCH')]
+  }))
+  if (r.durables.length > 0) {
+    lines.push('')
+    table(['channel', 'client', 'durable', 'queue group', 'consumer', 'starts at', 'unacked', 'status'], r.durables.map((d) => [
+      d.channel, d.clientID ?? '-', d.durable, d.queueGroup ?? '-', d.consumer, d.startSeq ?? '-', d.unacked.length, d.error ? `${d.status}: ${d.error}` : d.status
+    ]))
+  }
+  lines.push('', `${r.copied} messages copied${r.messagesPerSecond ? ` (${r.messagesPerSecond} msgs/s)` : ''}; ${r.ok ? 'everything verified' : 'NOT everything verified or carried (see above)'}`)
+  return lines.join('\n')
+}
+
 async function main () {
   if (process.argv.length <= 2) {
     program.outputHelp({ error: true })

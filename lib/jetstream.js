@@ -52,6 +52,8 @@ class Streams {
   async delete (name) { await call(this._stan._native.streamDelete(name)) }
   /** Removes every message; resolves with how many. */
   async purge (name) { return JSON.parse(await call(this._stan._native.streamPurge(name))).purged }
+  /** Removes one message by sequence, leaving a gap. */
+  async deleteMessage (name, sequence) { await call(this._stan._native.streamDeleteMessage(name, sequence)) }
   /** One stored message by sequence: `{ subject, seq, time, data: Buffer }`; `MESSAGE_NOT_FOUND` when there is none. */
   async get (name, sequence) {
     const message = JSON.parse(await call(this._stan._native.streamGet(name, sequence)))
@@ -65,6 +67,14 @@ class Consumers {
   async info (stream, name) { return JSON.parse(await call(this._stan._native.consumerInfo(stream, name))) }
   async list (stream) { return JSON.parse(await call(this._stan._native.consumerList(stream))) }
   async delete (stream, name) { await call(this._stan._native.consumerDelete(stream, name)) }
+  /**
+   * Gives a durable consumer an acknowledgement state: every message up to
+   * `through` is acked except `unacked`, which are released to the next
+   * subscriber. Resolves with `{ acked, released }`.
+   */
+  async settle (stream, name, through, unacked) {
+    return JSON.parse(await call(this._stan._native.consumerSettle(stream, name, through, unacked)))
+  }
   /** The next message of a pull consumer, acked: `{ subject, seq, delivered, pending, data }`, or null after `wait` ms. */
   async next (stream, name, { wait = 5000 } = {}) {
     const next = await call(this._stan._native.consumerNext(stream, name, wait))

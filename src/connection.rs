@@ -199,16 +199,38 @@ impl Connection {
     #[napi]
     pub async fn stream_get(&self, name: String, sequence: f64) -> napi::Result<String> {
         let js = self.jetstream()?;
-        if !(sequence >= 1.0 && sequence.fract() == 0.0) {
-            return Err(JetstanError::new(
-                ErrorCode::BadOption,
-                "a sequence is a whole number ≥ 1",
-            )
-            .into());
-        }
-        Ok(manage::stream_get(&js, &name, sequence as u64)
+        Ok(manage::stream_get(&js, &name, whole_sequence(sequence)?)
             .await?
             .to_string())
+    }
+
+    #[napi]
+    pub async fn stream_delete_message(&self, name: String, sequence: f64) -> napi::Result<()> {
+        let js = self.jetstream()?;
+        Ok(manage::stream_delete_message(&js, &name, whole_sequence(sequence)?).await?)
+    }
+
+    /// See `manage::consumer_settle`; `{ acked, released }` as JSON.
+    #[napi]
+    pub async fn consumer_settle(
+        &self,
+        stream: String,
+        name: String,
+        through: f64,
+        unacked: Vec<f64>,
+    ) -> napi::Result<String> {
+        let js = self.jetstream()?;
+        let through = whole_sequence(through)?;
+        let unacked = unacked
+            .into_iter()
+            .map(whole_sequence)
+            .collect::<Result<std::collections::HashSet<u64>>>()?;
+        let wait = std::time::Duration::from_secs(5);
+        Ok(
+            manage::consumer_settle(&js, &stream, &name, through, &unacked, wait)
+                .await?
+                .to_string(),
+        )
     }
 
     /// The next message of a pull consumer, acked; `null` after `wait_ms` without one.
@@ -276,5 +298,50 @@ impl Connection {
     /// Streams, consumers and KV exist only on JetStream.
     fn jetstream(&self) -> Result<async_nats::jetstream::Context> {
         self.session.jetstream()
+    }
+}
+
+fn whole_sequence(sequence: f64) -> Result<u64> {
+    if sequence >= 1.0 && sequence.fract() == 0.0 && sequence <= 9_007_199_254_740_991.0 {
+        Ok(sequence as u64)
+    } else {
+        Err(JetstanError::new(
+            ErrorCode::BadOption,
+            "a sequence is a whole number ≥ 1",
+        ))
+    }
+}
+
+/// Where the jetstream backend keeps a channel, and which consumer it binds
+/// for a durable (or durable queue group) of a client: what a migration
+/// from STAN must write to.
+#[napi(object)]
+pub struct JetStreamNames {
+    pub stream: String,
+    pub consumer: Option<String>,
+}
+
+#[napi]
+pub fn jetstream_names(
+    cluster_id: String,
+    client_id: String,
+    channel: String,
+    durable_name: Option<String>,
+    queue_group: Option<String>,
+) -> JetStreamNames {
+    let options = SubscribeOptions {
+        subject: channel.clone(),
+        durable_name,
+        queue_group,
+        ..Default::default()
+    };
+    let consumer = match crate::jetstream::Identity::of(&cluster_id, &client_id, &options) {
+        crate::jetstream::Identity::Ephemeral => None,
+        crate::jetstream::Identity::Durable { name } => Some(name),
+        crate::jetstream::Identity::Queue { name, .. } => Some(name),
+    };
+    JetStreamNames {
+        stream: crate::jetstream::streams::stream_name(&cluster_id, &channel),
+        consumer,
     }
 }

@@ -246,4 +246,4 @@ async function startCluster ({ size = 3, name = 'jetstan-test' } = {}) {
   }
 }
 
-module.exports = { findNatsServer, startServer, startCluster, NatsServer }
+module.exports = { findNatsServer, startServer, startCluster, freePort, NatsServer }

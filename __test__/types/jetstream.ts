@@ -1,5 +1,5 @@
 // Compile-only: streams, consumers and KV.
-import { connectAsync, KV, TypedKV } from 'jetstan'
+import { connectAsync, KV, TypedKV, migrate, jetstreamNames, MigrateReport } from 'jetstan'
 
 interface Order { id: number, total: number }
 
@@ -24,3 +24,15 @@ async function main (): Promise<void> {
   await sc.kv('b', { storage: 'disk' })
 }
 console.log(main)
+
+async function migration (): Promise<void> {
+  const { stream, consumer } = jetstreamNames('ticketing', 'orders-svc', 'order:created', 'orders')
+  console.log(stream, consumer?.length)
+  const abort = new AbortController()
+  const report: MigrateReport = await migrate({ from: 'nats://stan:4222', to: 'nats://js:4222', cluster: 'ticketing', all: true, follow: true, signal: abort.signal })
+  for (const c of report.channels) console.log(c.channel, c.verified?.match)
+  for (const d of report.durables) if (d.status === 'online') console.log(d.durable, d.startSeq)
+  // @ts-expect-error from, to and cluster are required
+  await migrate({ all: true })
+}
+console.log(migration)

@@ -351,10 +351,16 @@ impl SubscriptionTask {
             return;
         };
         *last_sequence = (*last_sequence).max(info.sequence);
+        let timestamp_ns = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(STAN_TIMESTAMP))
+            .and_then(|value| value.as_str().parse::<i128>().ok())
+            .unwrap_or(info.timestamp_ns);
         batch.push(
             info.sequence,
             info.sequence,
-            info.timestamp_ns,
+            timestamp_ns,
             info.delivered.max(1) - 1,
             &message.payload,
         );
@@ -562,11 +568,15 @@ impl SubscriptionTask {
 /// The headers an application set, as `Name: value\r\n` lines; `None` when
 /// there are none besides the `Nats-Msg-Id` jetstan sets on every publish
 /// (the common case, which then costs JS nothing).
+/// A message copied from a STAN channel keeps its original time here
+/// (nanoseconds since the epoch), and `getTimestamp()` returns it.
+pub const STAN_TIMESTAMP: &str = "Stan-Timestamp";
+
 fn application_headers(headers: &async_nats::HeaderMap) -> Option<String> {
     let mut lines = String::new();
     for (name, values) in headers.iter() {
         let name: &str = name.as_ref();
-        if name.eq_ignore_ascii_case("Nats-Msg-Id") {
+        if name.eq_ignore_ascii_case("Nats-Msg-Id") || name.eq_ignore_ascii_case(STAN_TIMESTAMP) {
             continue;
         }
         for value in values {

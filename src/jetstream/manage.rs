@@ -112,6 +112,23 @@ pub async fn stream_purge(js: &jetstream::Context, name: &str) -> Result<Value> 
     api(js, format!("STREAM.PURGE.{name}"), &json!({})).await
 }
 
+/// Removes one message, leaving a gap in the stream's sequences (a
+/// migration keeps a STAN channel's gaps this way).
+pub async fn stream_delete_message(
+    js: &jetstream::Context,
+    name: &str,
+    sequence: u64,
+) -> Result<()> {
+    check_name(name)?;
+    api(
+        js,
+        format!("STREAM.MSG.DELETE.{name}"),
+        &json!({ "seq": sequence, "no_erase": true }),
+    )
+    .await
+    .map(drop)
+}
+
 /// One stored message by sequence, as the server answers it (`subject`,
 /// `seq`, `time`, base64 `data` and `hdrs`).
 pub async fn stream_get(js: &jetstream::Context, name: &str, sequence: u64) -> Result<Value> {
@@ -174,6 +191,71 @@ pub async fn consumer_next(
     });
     message.ack().await.map_err(|err| failed(&err))?;
     Ok(Some(value))
+}
+
+/// Gives a durable consumer the acknowledgement state a subscription had
+/// elsewhere: every message up to `through` is taken from the consumer and
+/// acked, except those in `unacked`, which are released (nak) at the end, so
+/// the next subscriber gets exactly those first. Answers `{ acked, released }`.
+/// The consumer's max_ack_pending must exceed `unacked.len()`.
+pub async fn consumer_settle(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    through: u64,
+    unacked: &std::collections::HashSet<u64>,
+    wait: std::time::Duration,
+) -> Result<Value> {
+    use futures_util::StreamExt;
+    check_name(stream)?;
+    check_name(name)?;
+    let failed =
+        |err: &dyn std::fmt::Display| JetstanError::new(ErrorCode::ServerError, err.to_string());
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(name, stream)
+        .await
+        .map_err(|err| failed(&err))?;
+    let mut held = Vec::new();
+    let mut acked = 0u64;
+    let mut seen = 0u64;
+    while seen < through {
+        // Never more than can be at or below `through`: whatever is taken
+        // beyond it would wait out its ack wait before anyone else got it.
+        let wanted = usize::try_from((through - seen).min(256)).unwrap_or(256);
+        let mut batch = consumer
+            .fetch()
+            .max_messages(wanted)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|err| failed(&err))?;
+        let mut any = false;
+        while let Some(next) = batch.next().await {
+            let message = next.map_err(|err| failed(&err))?;
+            let sequence = message.info().map_err(|err| failed(&err))?.stream_sequence;
+            any = true;
+            seen = seen.max(sequence);
+            if sequence > through || unacked.contains(&sequence) {
+                held.push(message);
+            } else {
+                message.double_ack().await.map_err(|err| failed(&err))?;
+                acked += 1;
+            }
+        }
+        // Room is never short (max_ack_pending > the held), so nothing means
+        // no more messages: `through` itself is gone from the stream.
+        if !any {
+            break;
+        }
+    }
+    let released = held.len();
+    for message in held {
+        message
+            .ack_with(jetstream::AckKind::Nak(None))
+            .await
+            .map_err(|err| failed(&err))?;
+    }
+    Ok(json!({ "acked": acked, "released": released }))
 }
 
 pub async fn stream_list(js: &jetstream::Context) -> Result<Vec<Value>> {

@@ -9,6 +9,7 @@
 // connection, which gives the ordering guarantees of §10.4 for free.
 
 const crypto = require('node:crypto')
+const http = require('node:http')
 const { connect } = require('@nats-io/transport-node')
 const { encode, decode } = require('./codec')
 
@@ -56,9 +57,15 @@ class StanDouble {
    * @param {number} [opts.probeTimeoutMs] duplicate-client-ID probe (default 500)
    * @param {number} [opts.heartbeatIntervalMs] 0 disables heartbeats (default)
    * @param {object} [opts.natsOptions] more nats.js connect options (credentials, tls) for a secured server
+   * @param {boolean} [opts.monitor] serve the monitoring endpoints (/streaming/serverz, /streaming/channelsz) on
+   *   127.0.0.1 at a free port; `monitorUrl` is set after start()
    */
-  constructor ({ url, clusterID = 'test-cluster', discoverPrefix = '_STAN.discover', probeTimeoutMs = 500, heartbeatIntervalMs = 0, natsOptions = {} }) {
+  constructor ({ url, clusterID = 'test-cluster', discoverPrefix = '_STAN.discover', probeTimeoutMs = 500, heartbeatIntervalMs = 0, natsOptions = {}, monitor = false }) {
     this.url = url
+    this.monitor = monitor
+    this.monitorUrl = null
+    this.http = null
+    this.serverID = nuid()
     this.natsOptions = natsOptions
     this.clusterID = clusterID
     this.discoverSubject = `${discoverPrefix}.${clusterID}`
@@ -104,6 +111,7 @@ class StanDouble {
     handle(this.subjects.subCloseRequests, (m) => this._unsubscribe(m, true))
     handle(this.subjects.closeRequests, (m) => this._close(m))
     await this.nc.flush()
+    if (this.monitor) await this._serveMonitoring()
     return this
   }
 
@@ -131,6 +139,7 @@ class StanDouble {
       for (const sub of channel.subs) this._stopTimers(sub)
     }
     await this.nc?.close()
+    if (this.http !== null) await new Promise((resolve) => this.http.close(resolve))
   }
 
   /**
@@ -309,7 +318,7 @@ class StanDouble {
       case 1: return last > 0 ? last - 1 : 0
       case 2: {
         const since = nowNs() - BigInt(req.startTimeDelta)
-        const found = channel.msgs.find((m) => m.timestamp >= since)
+        const found = channel.msgs.find((m) => m !== undefined && m.timestamp >= since)
         return found === undefined ? last : found.sequence - 1
       }
       case 3:
@@ -432,6 +441,7 @@ class StanDouble {
       group.members.splice(group.members.indexOf(sub), 1)
       if (group.members.length === 0) {
         if (group.durable && keep) {
+          group.offline = { maxInFlight: sub.maxInFlight, ackWaitMs: sub.ackWaitMs }
           for (const seq of sub.pending.keys()) group.pending.set(seq, null)
         } else {
           sub.channel.groups.delete(group.name)
@@ -442,13 +452,122 @@ class StanDouble {
       for (const seq of [...sub.pending.keys()]) {
         group.pending.delete(seq)
         const target = this._pickMember(group) ?? group.members[0]
-        setTimeout(() => { if (group.members.includes(target)) this._send(target, seq, true) }, 100)
+        setTimeout(() => {
+          // Whoever is in the group by then gets it; with nobody left, a
+          // durable group keeps it unacknowledged for the next member.
+          const member = group.members.includes(target) ? target : (this._pickMember(group) ?? group.members[0])
+          if (member !== undefined) this._send(member, seq, true)
+          else if (group.durable && sub.channel.groups.get(group.name) === group) group.pending.set(seq, null)
+        }, 100)
       }
       return
     }
     if (sub.durableKey !== null && keep) {
-      this.durables.set(sub.durableKey, { lastSent: sub.lastSent, pending: sub.pending, counts: sub.counts })
+      this.durables.set(sub.durableKey, {
+        lastSent: sub.lastSent, pending: sub.pending, counts: sub.counts,
+        clientID: sub.client.clientID, channel: sub.channel.name, durableName: sub.durableName, maxInFlight: sub.maxInFlight, ackWaitMs: sub.ackWaitMs
+      })
     }
+  }
+
+  /**
+   * Test knob: drops a channel's messages up to `sequence` from the front, as
+   * a channel's limits (max msgs, bytes, age) do on a real server.
+   */
+  expire (name, sequence) {
+    const channel = this._channel(name)
+    while (channel.msgs.length > 0 && (channel.msgs[0] === undefined || channel.msgs[0].sequence <= sequence)) channel.msgs.shift()
+  }
+
+  /** Test knob: removes one message from the middle of a channel, leaving a gap in its sequences. */
+  removeMessage (name, sequence) {
+    const channel = this._channel(name)
+    const first = channel.msgs.find((m) => m !== undefined)?.sequence
+    if (first === undefined || sequence <= first || sequence >= channel.last) throw new Error('only a message between the first and the last can be removed')
+    channel.msgs[sequence - channel.msgs[0].sequence] = undefined
+  }
+
+  // ---------------------------------------------------------------- monitoring
+  // The parts of nats-streaming-server's monitoring endpoints a migration
+  // reads: serverz (cluster ID) and channelsz (channels, sequences, and with
+  // subs=1 their subscriptions), with offset/limit paging.
+  _serveMonitoring () {
+    this.http = http.createServer((req, res) => {
+      const url = new URL(req.url, 'http://localhost')
+      const reply = (status, body) => {
+        res.writeHead(status, { 'Content-Type': 'application/json' })
+        res.end(JSON.stringify(body, null, 2))
+      }
+      if (url.pathname === '/streaming/serverz') {
+        return reply(200, { cluster_id: this.clusterID, server_id: this.serverID, version: '0.25.6', state: 'STANDALONE', now: new Date().toISOString(), clients: this.clients.size, channels: this.channels.size })
+      }
+      if (url.pathname !== '/streaming/channelsz') return reply(404, { error: 'not found' })
+      const single = url.searchParams.get('channel')
+      const subs = url.searchParams.get('subs') === '1'
+      if (single !== null) {
+        const channel = this.channels.get(single)
+        return channel === undefined ? reply(404, { error: `channel ${single} not found` }) : reply(200, this._channelz(channel, subs))
+      }
+      const offset = Number(url.searchParams.get('offset') ?? 0)
+      const limit = Number(url.searchParams.get('limit') ?? 1024)
+      const names = [...this.channels.keys()].sort()
+      const page = names.slice(offset, offset + limit)
+      const body = { cluster_id: this.clusterID, server_id: this.serverID, now: new Date().toISOString(), offset, limit, count: page.length, total: names.length }
+      if (subs || url.searchParams.get('subs') !== null) body.channels = page.map((name) => this._channelz(this.channels.get(name), subs))
+      else body.names = page
+      reply(200, body)
+    })
+    return new Promise((resolve) => this.http.listen(0, '127.0.0.1', () => {
+      this.monitorUrl = `http://127.0.0.1:${this.http.address().port}`
+      resolve()
+    }))
+  }
+
+  _channelz (channel, withSubs) {
+    const stored = channel.msgs.filter((m) => m !== undefined)
+    const body = {
+      name: channel.name,
+      msgs: stored.length,
+      bytes: stored.reduce((n, m) => n + m.data.length, 0),
+      first_seq: stored.length > 0 ? stored[0].sequence : 0,
+      last_seq: channel.last
+    }
+    if (!withSubs) return body
+    const entry = (sub, extra) => ({
+      client_id: sub.client?.clientID ?? extra.clientID ?? '',
+      inbox: sub.inbox ?? '',
+      ack_inbox: sub.ackInbox ?? '',
+      durable_name: sub.durableName ?? '',
+      queue_name: '',
+      is_durable: false,
+      is_offline: false,
+      max_inflight: sub.maxInFlight,
+      ack_wait: Math.ceil(sub.ackWaitMs / 1000),
+      last_sent: sub.lastSent,
+      pending_count: sub.pending.size,
+      is_stalled: sub.pending.size >= sub.maxInFlight,
+      ...extra
+    })
+    body.subscriptions = []
+    for (const sub of channel.subs) {
+      if (sub.group !== null) {
+        body.subscriptions.push(entry(sub, { queue_name: sub.group.name, is_durable: sub.group.durable, last_sent: sub.group.lastSent }))
+      } else {
+        body.subscriptions.push(entry(sub, { is_durable: sub.durableKey !== null }))
+      }
+    }
+    for (const offline of this.durables.values()) {
+      if (offline.channel !== channel.name) continue
+      body.subscriptions.push(entry({ ...offline, client: undefined }, { clientID: offline.clientID, is_durable: true, is_offline: true }))
+    }
+    for (const group of channel.groups.values()) {
+      if (group.members.length > 0 || !group.durable) continue
+      const { maxInFlight, ackWaitMs } = group.offline ?? { maxInFlight: 1, ackWaitMs: 30000 }
+      const durableName = group.name.slice(0, group.name.indexOf(':'))
+      body.subscriptions.push(entry({ maxInFlight, ackWaitMs, lastSent: group.lastSent, pending: group.pending, durableName },
+        { queue_name: group.name, is_durable: true, is_offline: true }))
+    }
+    return body
   }
 
   /** Test knob: unregisters a client without telling it (as a replacement or a server restart would). */
