@@ -142,7 +142,7 @@ after(async () => {
 
 const ordersOnStan = () => [...timestamps.keys()].sort((a, b) => a - b)
 
-test('bad input: unknown cluster, unreachable source, a conflicting target stream, nothing named', async () => {
+test('bad input: unknown cluster, unreachable monitor, source or target, a conflicting target stream, nothing named', async () => {
   const unknown = await cli(['migrate', '--from', ctx.stanServer.url, '--cluster', 'nope', '--monitor', ctx.double.monitorUrl, '--to', ctx.jsServer.url, '--all'])
   assert.equal(unknown.code, 1)
   assert.match(unknown.stderr, /UNKNOWN_CLUSTER: .*serves cluster 'legacy', not 'nope'/)
@@ -151,6 +151,13 @@ test('bad input: unknown cluster, unreachable source, a conflicting target strea
   const unreachable = await cli(['migrate', '--from', `nats://127.0.0.1:${closed}`, '--cluster', CLUSTER, '--monitor', `http://127.0.0.1:${closed}`, '--to', ctx.jsServer.url, '--all'])
   assert.equal(unreachable.code, 1)
   assert.match(unreachable.stderr, new RegExp(`MONITOR_UNREACHABLE: jetstan migrate: cannot reach the STAN monitoring endpoint http://127.0.0.1:${closed}/streaming/serverz`))
+
+  const noSource = await cli(['migrate', '--from', `nats://127.0.0.1:${closed}`, '--cluster', CLUSTER, '--monitor', ctx.double.monitorUrl, '--to', ctx.jsServer.url, '--all'])
+  assert.equal(noSource.code, 1)
+  assert.match(noSource.stderr, new RegExp(`CONN_ERR: jetstan migrate: cannot connect to the source \\(nats://127.0.0.1:${closed}\\)`))
+  const noTarget = await cli(['migrate', '--from', ctx.stanServer.url, '--cluster', CLUSTER, '--monitor', ctx.double.monitorUrl, '--to', `nats://127.0.0.1:${closed}`, '--all'])
+  assert.equal(noTarget.code, 1)
+  assert.match(noTarget.stderr, new RegExp(`CONN_ERR: jetstan migrate: cannot connect to the target \\(nats://127.0.0.1:${closed}\\)`))
 
   const usage = await cli(['migrate', ...from()])
   assert.equal(usage.code, 2)
