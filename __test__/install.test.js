@@ -97,6 +97,16 @@ test('the tarballs and the binary stay within their size budget', () => {
   assert.ok(dist.platform.binaryBytes <= BUDGET.binary, `binary ${dist.platform.binaryBytes} B > ${BUDGET.binary}`)
 })
 
+test('the linux-x64-gnu binary needs no glibc symbol newer than 2.17', { skip: process.platform !== 'linux' || process.arch !== 'x64' }, () => {
+  const binary = path.join(ROOT, 'jetstan.linux-x64-gnu.node')
+  const out = spawnSync('objdump', ['-T', binary], { encoding: 'utf8' })
+  assert.equal(out.status, 0, `objdump -T (binutils) is needed to check the glibc floor: ${out.error?.message ?? out.stderr}`)
+  const versions = [...new Set(out.stdout.match(/GLIBC_[0-9.]+/g))].map((v) => v.slice(6).split('.').map(Number))
+  const newest = versions.sort((a, b) => a[0] - b[0] || (a[1] ?? 0) - (b[1] ?? 0)).pop()
+  figure('glibc floor', { newest: `GLIBC_${newest.join('.')}` })
+  assert.ok(newest[0] === 2 && (newest[1] ?? 0) <= 17, `needs GLIBC_${newest.join('.')}`)
+})
+
 test('with the platform package and no Rust, it installs and runs: CJS, ESM, types', async (t) => {
   const { dir, out, ms } = install('prebuilt', [dist.main.file, dist.platform.file], { env: { PATH: withoutRust } })
   assert.equal(out.status, 0, out.stderr)
