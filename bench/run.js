@@ -18,12 +18,18 @@ const NATIVE_BIN = path.join(ROOT, 'target', 'release', 'jetstan-bench-native')
 const JS_CLIENTS = ['jetstan', 'natsjs', 'natsjs-fast']
 const ALL_CLIENTS = [...JS_CLIENTS, 'native']
 
-// workload, payload bytes, message count (full / quick), clients, rounds, figures [key, unit, better]
+// workload, payload bytes, message count (full / quick), clients, rounds, figures [key, unit, better],
+// and optionally { label, borrow: { client: workload } }: a row that shows another workload's figure
+// for the clients it does not run (same payload), so a ceiling or a jetstan-only mode sits beside them.
 const PLAN = [
   ['pub', 128, [100000, 2000], ALL_CLIENTS, ROUNDS, [['rate', 'msgs/s', 'higher'], ['cpu_s_per_100k', 'cpu s/100k msgs', 'lower']]],
+  ['pubnoid', 128, [100000, 2000], ['native'], ROUNDS, [['rate', 'msgs/s', 'higher']],
+    { label: 'pub without Nats-Msg-Id, native only (jetstan: its pub)', borrow: { jetstan: 'pub' } }],
   ['pub', 4096, [50000, 1000], ALL_CLIENTS, ROUNDS, [['rate', 'msgs/s', 'higher'], ['cpu_s_per_100k', 'cpu s/100k msgs', 'lower']]],
   ['syncpub', 128, [5000, 200], ALL_CLIENTS, ROUNDS, [['rate', 'msgs/s', 'higher']]],
   ['consume', 128, [100000, 2000], ALL_CLIENTS, ROUNDS, [['rate', 'msgs/s', 'higher'], ['cpu_s_per_100k', 'cpu s/100k msgs', 'lower']]],
+  ['consumeauto', 128, [100000, 2000], ['jetstan'], ROUNDS, [['rate', 'msgs/s', 'higher'], ['cpu_s_per_100k', 'cpu s/100k msgs', 'lower']],
+    { label: 'consume, jetstan auto-ack (others: their consume)', borrow: { natsjs: 'consume', 'natsjs-fast': 'consume', native: 'consume' } }],
   ['latency', 128, [5000, 200], ALL_CLIENTS, ROUNDS, [['p50_us', 'µs', 'lower'], ['p99_us', 'µs', 'lower'], ['p999_us', 'µs', 'lower']]],
   ['rss', 128, [1000000, 5000], ['jetstan', 'natsjs-fast'], 1, [['rss_before_mb', 'MiB', 'lower'], ['rss_after_mb', 'MiB', 'lower'], ['rss_growth_pct', '%', 'lower']]],
   ['subs', 0, [1000, 20], ['jetstan', 'natsjs-fast'], 1, [['create_ms', 'ms', 'lower'], ['correct', 'all delivered (1 = yes)', 'higher']]]
@@ -94,9 +100,13 @@ async function main () {
   }
 
   const rows = []
-  for (const [workload, bytes, counts, clients, , figures] of PLAN) {
+  for (const [workload, bytes, counts, clients, , figures, extra = {}] of PLAN) {
     for (const [figure, unit, better] of figures) {
-      const row = { workload, bytes, figure, unit, better, count: counts[quick ? 1 : 0], values: {} }
+      const row = { workload, label: extra.label ?? workload, bytes, figure, unit, better, count: counts[quick ? 1 : 0], values: {} }
+      for (const [client, other] of Object.entries(extra.borrow ?? {})) {
+        const values = (results.get(`${other}|${bytes}|${client}`) ?? []).map((r) => r[figure]).filter((v) => v !== undefined)
+        if (values.length > 0) row.values[client] = median(values)
+      }
       for (const client of clients) {
         const values = (results.get(`${workload}|${bytes}|${client}`) ?? []).map((r) => r[figure]).filter((v) => v !== undefined)
         if (values.length === 0) continue
@@ -117,7 +127,7 @@ async function main () {
   ]
   for (const r of rows) {
     const v = r.values
-    lines.push(`| ${r.workload} (${fmt(r.count)} msgs) | ${r.bytes ? r.bytes + ' B' : '–'} | ${r.figure} (${r.unit}, ${r.better} is better) | ` +
+    lines.push(`| ${r.label} (${fmt(r.count)} msgs) | ${r.bytes ? r.bytes + ' B' : '–'} | ${r.figure} (${r.unit}, ${r.better} is better) | ` +
       `${fmt(v.jetstan)} | ${fmt(v.natsjs)} | ${fmt(v['natsjs-fast'])} | ${fmt(v.native)} | ` +
       `${ratio(v.jetstan, v.natsjs ?? v['natsjs-fast'])} | ${ratio(v.jetstan, v.native)} |`)
   }

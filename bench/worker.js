@@ -57,6 +57,9 @@ const jetstan = {
 }
 
 // ---------------------------------------------------------------- nats.js v3
+// Publishes carry a Nats-Msg-Id (`msgID`) as jetstan's do, so both pay for
+// the server's duplicate window.
+const { nuid } = require('@nats-io/nuid')
 const natsjs = {
   async connect () {
     const { connect } = require('@nats-io/transport-node')
@@ -82,7 +85,7 @@ const natsjs = {
         while (inFlight < WINDOW && sent < n) {
           inFlight++
           sent++
-          conn.js.publish(subject, data).then(() => {
+          conn.js.publish(subject, data, { msgID: nuid.next() }).then(() => {
             inFlight--
             if (++acked === n) resolve()
             else pump()
@@ -94,7 +97,7 @@ const natsjs = {
   },
   async publishOne (conn, subject, data) {
     await natsjs.ensureStream(conn, subject)
-    await conn.js.publish(subject, data)
+    await conn.js.publish(subject, data, { msgID: nuid.next() })
   },
   async subscribe (conn, subject, { all = false, manual = false, window = CONSUME_WINDOW } = {}, onMessage) {
     await natsjs.ensureStream(conn, subject)
@@ -151,7 +154,11 @@ const workloads = {
     return { rate: count / seconds }
   },
 
-  async consume () {
+  // Auto-ack (jetstan's default mode: acked after the handler); the other
+  // clients have no such mode, so this row is jetstan's alone.
+  consumeauto () { return workloads.consume({ manual: false }) },
+
+  async consume ({ manual = true } = {}) {
     const c = api()
     const conn = await c.connect()
     await c.publishMany(conn, channel, count, payload)
@@ -160,8 +167,8 @@ const workloads = {
     const finished = new Promise((resolve) => { done = resolve })
     const cpu = process.cpuUsage()
     const start = process.hrtime.bigint()
-    await c.subscribe(conn, channel, { all: true, manual: true }, (data, ack) => {
-      ack()
+    await c.subscribe(conn, channel, { all: true, manual }, (data, ack) => {
+      if (manual) ack()
       if (++received === count) done()
     })
     await finished
