@@ -116,18 +116,20 @@ before(async () => {
   })
   await closeQuietly(svc)
 
-  // A durable queue group of two that acks all but multiples of 7, up to 25.
+  // A durable queue group of two that acks all but multiples of 7 among the first 14 it gets.
   const members = await Promise.all(['workers-1', 'workers-2'].map((id) => connect(ctx.stanServer.url, id, 'stan')))
   let seen = 0
   await new Promise((resolve) => {
     for (const m of members) {
       m.subscribe(ORDERS, 'workers', options(m, { durable: 'wq', maxInFlight: 3 })).on('message', (msg) => {
         const seq = msg.getSequence()
+        // Nothing is acked once the members are being closed: such an ack may not reach the server.
+        if (++seen > 14) return
         if (seq <= 25 && seq % 7 !== 0) {
           msg.ack()
           acked.group.add(seq)
         }
-        if (++seen === 14) resolve()
+        if (seen === 14) resolve()
       })
     }
   })
