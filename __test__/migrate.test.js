@@ -251,6 +251,51 @@ test('the durable queue group continues on the jetstream backend with what the g
   assert.deepEqual([...got].sort((a, b) => a - b), expected)
 })
 
+test('--follow carries a durable once its service stops on STAN, and the service continues on JetStream', async () => {
+  const channel = 'flip.channel'
+  const pub = await connect(ctx.stanServer.url, 'flip-publisher', 'stan')
+  await publishAll(pub, channel, Array.from({ length: 10 }, (_, i) => `f-${i + 1}`))
+  // The service runs on STAN and acks all but 3 and 13.
+  const svc = await connect(ctx.stanServer.url, 'flip-svc', 'stan')
+  let seen = 0
+  let reached
+  const arrivedAt = new Map()
+  svc.subscribe(channel, options(svc, { durable: 'flip-dur', maxInFlight: 10 })).on('message', (msg) => {
+    if (msg.getSequence() !== 3 && msg.getSequence() !== 13) msg.ack()
+    seen++
+    arrivedAt.get(seen)?.()
+  })
+  const received = (n) => seen >= n ? Promise.resolve() : new Promise((resolve) => arrivedAt.set(n, resolve))
+  await withDeadline(received(10), 10000, 'the STAN service did not get the first 10')
+
+  const abort = new AbortController()
+  const statuses = new Map()
+  const status = (wanted) => new Promise((resolve) => statuses.set(wanted, resolve))
+  const online = status('online')
+  const carried = status('carried')
+  const running = stan.migrate({
+    from: ctx.stanServer.url, to: ctx.jsServer.url, cluster: CLUSTER, monitor: ctx.double.monitorUrl,
+    channels: [channel], follow: true, signal: abort.signal, pollMs: 200,
+    onProgress: (event) => { if (event.type === 'durable' && event.durable === 'flip-dur') statuses.get(event.status)?.(event) }
+  })
+  await withDeadline(online, 10000, 'migrate did not see the durable online')
+  await publishAll(pub, channel, Array.from({ length: 5 }, (_, i) => `f-${i + 11}`))
+  await withDeadline(received(15), 10000, 'the STAN service did not get 11..15')
+  await closeQuietly(svc) // the service stops on STAN ...
+  const event = await withDeadline(carried, 15000, 'migrate did not carry the durable after its service stopped')
+  assert.deepEqual([event.startSeq, event.unacked], [3, [3, 13]])
+  await publishAll(pub, channel, ['f-16', 'f-17']) // ... its publisher is still on STAN
+  // ... and starts on JetStream.
+  const js = await connect(ctx.jsServer.url, 'flip-svc', 'jetstream')
+  const got = await receive([js.subscribe(channel, options(js, { durable: 'flip-dur', maxInFlight: 10 }))], 4)
+  assert.deepEqual(got.map((m) => [m.getSequence(), m.getData(), m.isRedelivered()]),
+    [[3, 'f-3', true], [13, 'f-13', true], [16, 'f-16', false], [17, 'f-17', false]])
+  abort.abort()
+  const report = await running
+  assert.equal(report.ok, true, JSON.stringify(report, null, 2))
+  assert.equal(report.channels[0].verified.source.count, 17)
+})
+
 test('messages that expire at the STAN side during the copy are kept as a gap and reported; the rest verifies', async () => {
   const pub = await connect(ctx.stanServer.url, 'expiring-publisher', 'stan')
   await publishAll(pub, 'expiring', Array.from({ length: 100 }, (_, i) => `e-${i + 1}`))

@@ -352,6 +352,8 @@ function progressReporter () {
         bar.update(event.copied)
       } else if (event.type === 'verify' && bar) {
         bar.update({ phase: 'verify' })
+      } else if (event.type === 'durable') {
+        bars.log(`${event.channel}: ${durableText(event)}\n`)
       }
     }
     report.stop = () => bars.stop()
@@ -364,6 +366,7 @@ function progressReporter () {
       console.error(`migrate: ${event.channel}: sequences ${event.firstSeq}..${event.lastSeq}, copying from ${event.next}`)
     }
     if (event.type === 'verify') console.error(`migrate: ${event.channel}: verifying`)
+    if (event.type === 'durable') console.error(`migrate: ${event.channel}: ${durableText(event)}`)
     const channel = channels.get(event.channel)
     if (event.type !== 'copy' || channel === undefined) return
     if (event.sequence - channel.reported >= channel.step || event.sequence === event.lastSeq) {
@@ -371,6 +374,12 @@ function progressReporter () {
       console.error(`migrate: ${event.channel}: copied ${event.copied}, at sequence ${event.sequence} of ${event.lastSeq}`)
     }
   }
+}
+
+function durableText (d) {
+  const who = d.queueGroup === null ? `durable '${d.durable}' of client '${d.clientID}'` : `durable queue group '${d.durable}:${d.queueGroup}'`
+  const at = d.startSeq === null ? '' : `, starts at ${d.startSeq} with ${d.unacked.length} unacked`
+  return `${who}: ${d.status}${at}${d.error ? ` (${d.error})` : ''}`
 }
 
 function reportText (r) {

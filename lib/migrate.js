@@ -365,15 +365,18 @@ class Migration {
       const row = this.durableRow(channel, sub, identity)
       if (row.status === 'carried' || row.status === 'exists') continue
       if (!sub.is_offline) {
+        if (row.status !== 'online') this.progress({ type: 'durable', ...row, status: 'online' })
         row.status = 'online'
         continue
       }
       try {
         await this.carry(channel, sub, row)
+        delete row.error
       } catch (err) {
         row.status = 'failed'
         row.error = `${err.code ?? 'ERROR'}: ${err.message}`
       }
+      this.progress({ type: 'durable', ...row })
     }
   }
 
