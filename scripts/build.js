@@ -24,7 +24,9 @@ function linuxGnuX64 () {
 
 function main () {
   ensureNpm(ROOT)
-  const args = ['build', '--platform', '--release', '--strip', '--js', 'binding.js', '--dts', 'binding.d.ts']
+  const args = ['build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts']
+  // napi strips with `-C link-arg=-s`, which only GNU-style linkers take.
+  if (process.platform === 'linux') args.push('--strip')
   const env = { ...process.env }
   if (linuxGnuX64()) {
     if (!fs.existsSync(path.join(BIN, 'cargo-zigbuild')) || !fs.existsSync(path.join(BIN, 'python-zig'))) {
