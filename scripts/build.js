@@ -36,7 +36,8 @@ function main () {
     env.PATH = BIN + path.delimiter + env.PATH
     args.push('--cross-compile', '--target', `x86_64-unknown-linux-gnu.${GLIBC_FLOOR}`)
   }
-  run(path.join(ROOT, 'node_modules', '.bin', 'napi'), args, ROOT, env)
+  // The CLI's script through node, not node_modules/.bin (a .cmd shim on Windows).
+  run(process.execPath, [require.resolve('@napi-rs/cli/dist/cli.js', { paths: [ROOT] }), ...args], ROOT, env)
 }
 
 main()
