@@ -37,7 +37,7 @@ function main () {
     args.push('--cross-compile', '--target', `x86_64-unknown-linux-gnu.${GLIBC_FLOOR}`)
   }
   // The CLI's script through node, not node_modules/.bin (a .cmd shim on Windows).
-  run(process.execPath, [require.resolve('@napi-rs/cli/dist/cli.js', { paths: [ROOT] }), ...args], ROOT, env)
+  run(process.execPath, [path.join(ROOT, 'node_modules', '@napi-rs', 'cli', 'dist', 'cli.js'), ...args], ROOT, env)
 }
 
 main()
