@@ -561,8 +561,11 @@ export interface MigrateOptions {
   streamDefaults?: StreamDefaults
   /** More connect options for both servers (credentials, TLS). */
   connectOptions?: StanOptions
-  /** `channel` (copy starts), `copy` (a message stored), `durable` (a durable's status changed: its report row), `verify`. */
-  onProgress?: (event: { type: 'channel' | 'copy' | 'durable' | 'verify', channel: string, [field: string]: unknown }) => void
+  /**
+   * `channel` (copy starts), `copy` (a message stored), `durable` (a durable's status changed: its
+   * report row), `verify`, and with `follow`, `error` (a poll failed; following goes on).
+   */
+  onProgress?: (event: { type: 'channel' | 'copy' | 'durable' | 'verify' | 'error', channel: string | null, [field: string]: unknown }) => void
 }
 
 export interface MigrateChecksum { count: number, sha256: string }

@@ -354,6 +354,8 @@ function progressReporter () {
         bar.update({ phase: 'verify' })
       } else if (event.type === 'durable') {
         bars.log(`${event.channel}: ${durableText(event)}\n`)
+      } else if (event.type === 'error') {
+        bars.log(`${event.code ?? 'ERROR'}: ${event.message} (still following)\n`)
       }
     }
     report.stop = () => bars.stop()
@@ -367,6 +369,7 @@ function progressReporter () {
     }
     if (event.type === 'verify') console.error(`migrate: ${event.channel}: verifying`)
     if (event.type === 'durable') console.error(`migrate: ${event.channel}: ${durableText(event)}`)
+    if (event.type === 'error') console.error(`migrate: ${event.code ?? 'ERROR'}: ${event.message} (still following)`)
     const channel = channels.get(event.channel)
     if (event.type !== 'copy' || channel === undefined) return
     if (event.sequence - channel.reported >= channel.step || event.sequence === event.lastSeq) {

@@ -559,10 +559,16 @@ async function follow (migration, options) {
       const timer = setTimeout(resolve, pollMs)
       signal?.addEventListener('abort', () => { clearTimeout(timer); resolve() }, { once: true })
     })
-    const channels = await migration.selected()
-    for (const channel of channels) {
-      if (!migration.channels.has(channel.name)) await migration.copyChannel(channel)
-      await migration.carryDurables(channel)
+    // A run that follows for days outlives a monitoring endpoint that
+    // blinks or a channel that fails: say so and keep going.
+    try {
+      const channels = await migration.selected()
+      for (const channel of channels) {
+        if (!migration.channels.has(channel.name)) await migration.copyChannel(channel)
+        await migration.carryDurables(channel)
+      }
+    } catch (err) {
+      migration.progress({ type: 'error', channel: null, code: err.code, message: err.message })
     }
   }
   // A last catch-up: what was published before the stop is in the stream.

@@ -78,9 +78,9 @@ function cargoBuild (total) {
 
 async function buildFromSource () {
   const total = crateCount()
-  say(`building the native addon for ${describe()} from source with cargo` +
-    (total ? ` (${total} crates` : ' (') + '; about 2 min on 2 x86-64 cores, longer on smaller machines)' +
-    '; npm shows this output with --foreground-scripts')
+  const size = total ? `${total} crates; ` : ''
+  say(`building the native addon for ${describe()} from source with cargo ` +
+    `(${size}about 2 min on 2 x86-64 cores, longer on smaller machines); npm shows this output with --foreground-scripts`)
   const { library, ms } = await cargoBuild(total)
   const target = path.join(ROOT, `jetstan.${triple()}.node`)
   fs.copyFileSync(library, target)
