@@ -31,6 +31,8 @@ const PLAN = [
   ['consumeauto', 128, [100000, 2000], ['jetstan'], ROUNDS, [['rate', 'msgs/s', 'higher'], ['cpu_s_per_100k', 'cpu s/100k msgs', 'lower']],
     { label: 'consume, jetstan auto-ack (others: their consume)', borrow: { natsjs: 'consume', 'natsjs-fast': 'consume', native: 'consume' } }],
   ['latency', 128, [5000, 200], ALL_CLIENTS, ROUNDS, [['p50_us', 'µs', 'lower'], ['p99_us', 'µs', 'lower'], ['p999_us', 'µs', 'lower']]],
+  ['paced', 128, [20000, 500], ALL_CLIENTS, ROUNDS, [['cpu_s_per_100k', 'cpu s/100k msgs', 'lower']],
+    { label: 'pub + consume at 5,000 msgs/s, one process' }],
   ['rss', 128, [1000000, 5000], ['jetstan', 'natsjs-fast'], 1, [['rss_before_mb', 'MiB', 'lower'], ['rss_after_mb', 'MiB', 'lower'], ['rss_growth_pct', '%', 'lower']]],
   ['subs', 0, [1000, 20], ['jetstan', 'natsjs-fast'], 1, [['create_ms', 'ms', 'lower'], ['correct', 'all delivered (1 = yes)', 'higher']]]
 ]
