@@ -37,6 +37,17 @@ const PLAN = [
   ['subs', 0, [1000, 20], ['jetstan', 'natsjs-fast'], 1, [['create_ms', 'ms', 'lower'], ['correct', 'all delivered (1 = yes)', 'higher']]]
 ]
 
+// The stan backend against the client it replaces, node-nats-streaming 0.3.2,
+// on the STAN test double (a JS process of the bench's own, so it bounds the
+// rates of both alike; the CPU figures are the clients' alone).
+const STAN_CLIENTS = ['jetstan-stan', 'original']
+const STAN_PLAN = [
+  ['pub', 128, [20000, 500], STAN_CLIENTS, ROUNDS, [['rate', 'msgs/s', 'higher'], ['cpu_s_per_100k', 'cpu s/100k msgs', 'lower']]],
+  ['consume', 128, [20000, 500], STAN_CLIENTS, ROUNDS, [['rate', 'msgs/s', 'higher'], ['cpu_s_per_100k', 'cpu s/100k msgs', 'lower']]],
+  ['paced', 128, [10000, 300], STAN_CLIENTS, ROUNDS, [['cpu_s_per_100k', 'cpu s/100k msgs', 'lower']],
+    { label: 'pub + consume at 5,000 msgs/s, one process' }]
+]
+
 function runWorker (client, workload, bytes, count, url) {
   const [cmd, args] = client === 'native'
     ? [NATIVE_BIN, [workload, String(bytes), String(count), url]]
@@ -83,10 +94,10 @@ async function main () {
     serverVersion = spawnSync(fixture.findNatsServer(), ['--version'], { encoding: 'utf8' }).stdout.trim()
   }
   const results = new Map()
-  try {
-    const maxRounds = Math.max(...PLAN.map((p) => p[4]))
+  const runPlan = async (plan) => {
+    const maxRounds = Math.max(...plan.map((p) => p[4]))
     for (let round = 0; round < maxRounds; round++) {
-      for (const [workload, bytes, counts, clients, rounds] of PLAN) {
+      for (const [workload, bytes, counts, clients, rounds] of plan) {
         if (round >= rounds) continue
         const count = counts[quick ? 1 : 0]
         for (const client of clients) {
@@ -97,30 +108,45 @@ async function main () {
         }
       }
     }
+  }
+  try {
+    await runPlan(PLAN)
+    const { StanDouble } = require('../testing/stan-double/server')
+    const double = await new StanDouble({ url, clusterID: 'jetstan-bench-double' }).start()
+    try {
+      await runPlan(STAN_PLAN)
+    } finally {
+      await double.stop()
+    }
   } finally {
     if (server !== null) await server.stop()
   }
 
-  const rows = []
-  for (const [workload, bytes, counts, clients, , figures, extra = {}] of PLAN) {
-    for (const [figure, unit, better] of figures) {
-      const row = { workload, label: extra.label ?? workload, bytes, figure, unit, better, count: counts[quick ? 1 : 0], values: {} }
-      for (const [client, other] of Object.entries(extra.borrow ?? {})) {
-        const values = (results.get(`${other}|${bytes}|${client}`) ?? []).map((r) => r[figure]).filter((v) => v !== undefined)
-        if (values.length > 0) row.values[client] = median(values)
+  const rowsOf = (plan) => {
+    const rows = []
+    for (const [workload, bytes, counts, clients, , figures, extra = {}] of plan) {
+      for (const [figure, unit, better] of figures) {
+        const row = { workload, label: extra.label ?? workload, bytes, figure, unit, better, count: counts[quick ? 1 : 0], values: {} }
+        for (const [client, other] of Object.entries(extra.borrow ?? {})) {
+          const values = (results.get(`${other}|${bytes}|${client}`) ?? []).map((r) => r[figure]).filter((v) => v !== undefined)
+          if (values.length > 0) row.values[client] = median(values)
+        }
+        for (const client of clients) {
+          const values = (results.get(`${workload}|${bytes}|${client}`) ?? []).map((r) => r[figure]).filter((v) => v !== undefined)
+          if (values.length === 0) continue
+          const value = median(values)
+          row.values[client] = value
+          console.log(JSON.stringify({
+            client, workload, payload: bytes, figure, value, unit, min: Math.min(...values), max: Math.max(...values), rounds: values.length
+          }))
+        }
+        rows.push(row)
       }
-      for (const client of clients) {
-        const values = (results.get(`${workload}|${bytes}|${client}`) ?? []).map((r) => r[figure]).filter((v) => v !== undefined)
-        if (values.length === 0) continue
-        const value = median(values)
-        row.values[client] = value
-        console.log(JSON.stringify({
-          client, workload, payload: bytes, figure, value, unit, min: Math.min(...values), max: Math.max(...values), rounds: values.length
-        }))
-      }
-      rows.push(row)
     }
+    return rows
   }
+  const rows = rowsOf(PLAN)
+  const stanRows = rowsOf(STAN_PLAN)
 
   const ratio = (a, b) => (a === undefined || b === undefined || b === 0) ? '–' : `${(a / b).toFixed(2)}×`
   const lines = [
@@ -133,7 +159,17 @@ async function main () {
       `${fmt(v.jetstan)} | ${fmt(v.natsjs)} | ${fmt(v['natsjs-fast'])} | ${fmt(v.native)} | ` +
       `${ratio(v.jetstan, v.natsjs ?? v['natsjs-fast'])} | ${ratio(v.jetstan, v.native)} |`)
   }
-  const table = lines.join('\n')
+  const stanLines = [
+    '| workload | payload | figure | jetstan, stan backend | node-nats-streaming 0.3.2 | jetstan / node-nats-streaming |',
+    '| --- | --- | --- | --- | --- | --- |'
+  ]
+  for (const r of stanRows) {
+    const v = r.values
+    stanLines.push(`| ${r.label} (${fmt(r.count)} msgs) | ${r.bytes} B | ${r.figure} (${r.unit}, ${r.better} is better) | ` +
+      `${fmt(v['jetstan-stan'])} | ${fmt(v.original)} | ${ratio(v['jetstan-stan'], v.original)} |`)
+  }
+  const table = lines.join('\n') + '\n\nOn the STAN test double (`testing/stan-double`), the `stan` backend against the client it replaces:\n\n' +
+    stanLines.join('\n')
   console.log('\n' + table)
   if (!quick) {
     const doc = `# Benchmark results\n\nMeasured ${new Date().toISOString().slice(0, 10)} by \`npm run bench\` on ${machine(serverVersion)}.\n` +

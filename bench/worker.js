@@ -26,11 +26,16 @@ function percentile (sorted, p) {
 }
 
 // ---------------------------------------------------------------- jetstan
+// Also the STAN rows: jetstan's stan backend (`jetstan-stan`) and the
+// original node-nats-streaming 0.3.2 (`original`) have the same API, on the
+// STAN test double the bench starts for STAN_CLUSTER.
+const STAN_CLUSTER = 'jetstan-bench-double'
 const jetstan = {
   async connect (opts = {}) {
-    const stan = require('..')
-    const sc = stan.connect('bench', `bench-${process.pid}-${crypto.randomBytes(3).toString('hex')}`,
-      { url, maxPubAcksInflight: WINDOW, ...opts })
+    const stan = require(client === 'original' ? 'node-nats-streaming' : '..')
+    const [cluster, backend] = client === 'jetstan' ? ['bench', {}] : [STAN_CLUSTER, client === 'jetstan-stan' ? { backend: 'stan' } : {}]
+    const sc = stan.connect(cluster, `bench-${process.pid}-${crypto.randomBytes(3).toString('hex')}`,
+      { url, maxPubAcksInflight: WINDOW, ...backend, ...opts })
     await new Promise((resolve, reject) => { sc.once('connect', resolve); sc.once('error', reject) })
     return sc
   },
@@ -124,7 +129,7 @@ const natsjs = {
 }
 
 function api () {
-  if (client === 'jetstan') return jetstan
+  if (client === 'jetstan' || client === 'jetstan-stan' || client === 'original') return jetstan
   if (client === 'natsjs' || client === 'natsjs-fast') return natsjs
   throw new Error(`unknown client ${client}`)
 }
