@@ -40,14 +40,20 @@ const jetstan = {
     return sc
   },
   close (sc) { return new Promise((resolve) => { sc.once('close', resolve); sc.close() }) },
+  // jetstan queues a publish beyond the window until an ack frees room;
+  // 0.3.2 throws `max in flight reached` instead, so it is fed as acks come.
   publishMany (sc, subject, n, data) {
     return new Promise((resolve, reject) => {
       let acked = 0
+      let sent = 0
       const onAck = (err) => {
         if (err) return reject(err)
         if (++acked === n) resolve()
+        else if (client === 'original' && sent < n) send()
       }
-      for (let i = 0; i < n; i++) sc.publish(subject, data, onAck)
+      const send = () => { sent++; sc.publish(subject, data, onAck) }
+      const first = client === 'original' ? Math.min(n, WINDOW) : n
+      while (sent < first) send()
     })
   },
   publishOne (sc, subject, data) {
