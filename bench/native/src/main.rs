@@ -141,13 +141,8 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// 5,000 msgs/s published and received in one process, as jetstan's paced workload.
-async fn paced(
-    js: &jetstream::Context,
-    subject: &str,
-    count: usize,
-    payload: Bytes,
-) -> Result<serde_json::Value> {
+/// What is published on `subject` from now on, through an ephemeral pull consumer.
+async fn new_messages(js: &jetstream::Context, subject: &str) -> Result<consumer::pull::Stream> {
     let consumer = js
         .create_consumer_on_stream(
             consumer::pull::Config {
@@ -158,7 +153,17 @@ async fn paced(
             subject,
         )
         .await?;
-    let mut messages = consumer.messages().await?;
+    Ok(consumer.messages().await?)
+}
+
+/// 5,000 msgs/s published and received in one process, as jetstan's paced workload.
+async fn paced(
+    js: &jetstream::Context,
+    subject: &str,
+    count: usize,
+    payload: Bytes,
+) -> Result<serde_json::Value> {
+    let mut messages = new_messages(js, subject).await?;
     let receiver = tokio::spawn(async move {
         let mut received = 0;
         while let Some(Ok(message)) = messages.next().await {
@@ -204,17 +209,7 @@ async fn latency(
     count: usize,
     bytes: usize,
 ) -> Result<serde_json::Value> {
-    let consumer = js
-        .create_consumer_on_stream(
-            consumer::pull::Config {
-                ack_policy: consumer::AckPolicy::Explicit,
-                deliver_policy: consumer::DeliverPolicy::New,
-                ..Default::default()
-            },
-            subject,
-        )
-        .await?;
-    let mut messages = consumer.messages().await?;
+    let mut messages = new_messages(js, subject).await?;
     let receiver = tokio::spawn(async move {
         let mut samples = Vec::with_capacity(count);
         while let Some(Ok(message)) = messages.next().await {
