@@ -32,6 +32,11 @@ export declare class Connection {
    * `[name, value, name, value, …]`, checked by JS.
    */
   publishWithHeaders(subject: string, data: Uint8Array, token: number, guid: string, headers: Array<string>): void
+  /**
+   * Sends the publishes made since the last flush to the session task.
+   * JS calls it once per tick that published.
+   */
+  flush(): void
   subscribe(sid: number, options: SubscribeOptions): void
   /**
    * `close: true` keeps durable state (`Subscription.close()`), `false`
@@ -52,7 +57,10 @@ export declare class Connection {
   progress(sid: number, ids: Float64Array): void
   /** The stan backend's ConnectResponse subjects, once connected. */
   protocolSubjects(): ProtocolSubjects | null
-  /** `[messages, payload bytes]` published so far. */
+  /**
+   * `[messages, payload bytes, messages acked in fast-ingest batches]`
+   * published so far.
+   */
   published(): Array<number>
   /** Everything that became ready since the last poll, in one crossing. */
   poll(): Poll

@@ -265,6 +265,11 @@ export interface Stats {
   /** Messages published, and their payload bytes. */
   msgsOut: number
   bytesOut: number
+  /**
+   * Of `msgsOut`, those acked as part of a fast-ingest batch (JetStream on nats-server
+   * 2.14 or later, streams with `allow_batched`): publishes of one channel made together.
+   */
+  msgsOutBatched: number
   /** Messages delivered to this connection's subscriptions, and their payload bytes. */
   msgsIn: number
   bytesIn: number

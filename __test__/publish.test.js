@@ -175,3 +175,56 @@ describe('bad publish input leaves the connection usable', () => {
     await closed
   })
 })
+
+describe('fast-ingest batches (nats-server 2.14 and later)', () => {
+  /** The server takes fast-ingest batches. */
+  async function serverBatches () {
+    const nc = await natsConnect({ servers: ctx.url })
+    try {
+      const [major, minor] = nc.info.version.split('.').map(Number)
+      return major > 2 || (major === 2 && minor >= 14)
+    } finally {
+      await nc.close()
+    }
+  }
+
+  /** Publishes `count` messages in one tick; resolves with the callbacks' error codes. */
+  function burst (sc, channel, count, from = 0) {
+    return Promise.all(Array.from({ length: count }, (_, i) => new Promise((resolve) => {
+      sc.publish(channel, `m${from + i}`, (err) => resolve(err ? err.code : 'OK'))
+    })))
+  }
+
+  test('publishes made together are acked as a batch: each callback once, each message stored once, in order', async () => {
+    const batches = await serverBatches()
+    const sc = await ctx.connect()
+    const channel = unique('burst')
+    await publish(sc, channel, 'm-first')
+    const codes = await burst(sc, channel, 2000)
+    assert.deepEqual([...new Set(codes)], ['OK'])
+    const { msgsOut, msgsOutBatched } = sc.stats()
+    assert.equal(msgsOut, 2001)
+    if (batches) assert.ok(msgsOutBatched >= 1900, `${msgsOutBatched} of 2000 acked in batches`)
+    const [stream] = await sc.streams.list().then((list) => list.filter((s) => s.config.subjects.includes(channel)))
+    assert.equal(stream.config.allow_batched === true, batches)
+    assert.equal(stream.state.messages, 2001)
+    const sub = sc.subscribe(channel, sc.subscriptionOptions().setDeliverAllAvailable())
+    const messages = await collect(sub, 2001)
+    assert.deepEqual(messages.map((m) => m.getData()), ['m-first', ...Array.from({ length: 2000 }, (_, i) => `m${i}`)])
+  })
+
+  test('a stream that takes no batches gets the same publishes one by one', async () => {
+    const sc = await ctx.connect()
+    const channel = unique('plain')
+    await sc.streams.add({ name: channel.replace(/[^A-Za-z0-9_-]/g, '_'), subjects: [channel] })
+    const first = await burst(sc, channel, 500)
+    const second = await burst(sc, channel, 500, 500)
+    assert.deepEqual([...new Set([...first, ...second])], ['OK'])
+    assert.equal(sc.stats().msgsOutBatched, 0)
+    const info = await withManager((jsm) => jsm.streams.info(channel.replace(/[^A-Za-z0-9_-]/g, '_')))
+    assert.equal(info.state.messages, 1000)
+    const sub = sc.subscribe(channel, sc.subscriptionOptions().setDeliverAllAvailable())
+    const messages = await collect(sub, 1000)
+    assert.equal(new Set(messages.map((m) => m.getData())).size, 1000)
+  })
+})

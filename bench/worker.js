@@ -191,7 +191,10 @@ const workloads = {
   // clients have no such mode, so this row is jetstan's alone.
   consumeauto () { return workloads.consume({ manual: false }) },
 
-  async consume ({ manual = true } = {}) {
+  // Manual acks with 100 messages in flight, a service's usual setting.
+  consume100 () { return workloads.consume({ window: 100 }) },
+
+  async consume ({ manual = true, window = CONSUME_WINDOW } = {}) {
     const c = api()
     const conn = await c.connect()
     await c.publishMany(conn, channel, count, payload)
@@ -200,7 +203,7 @@ const workloads = {
     const finished = new Promise((resolve) => { done = resolve })
     const cpu = process.cpuUsage()
     const start = process.hrtime.bigint()
-    await c.subscribe(conn, channel, { all: true, manual }, (data, ack) => {
+    await c.subscribe(conn, channel, { all: true, manual, window }, (data, ack) => {
       if (manual) ack()
       if (++received === count) done()
     })

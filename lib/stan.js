@@ -81,6 +81,13 @@ class Stan extends EventEmitter {
     this.stanMaxPingOut = options.stanMaxPingOut
     this._stats = { msgsIn: 0, bytesIn: 0, redelivered: 0, acked: 0, reconnects: 0 }
     this._settledListeners = []
+    // Publishes cross to the session task once per tick, together: one
+    // wake of it per tick, and one fast-ingest batch per channel.
+    this._flushQueued = false
+    this._flushPublishes = () => {
+      this._flushQueued = false
+      this._native.flush()
+    }
     try {
       this._native = new Connection(native, () => this._onWake())
     } catch (err) {
@@ -92,15 +99,17 @@ class Stan extends EventEmitter {
 
   /**
    * Counters since connect, cheap enough to read every second: messages and
-   * payload bytes published and received, publishes awaiting their ack (or
-   * room), received messages not yet acked, redeliveries, reconnects.
+   * payload bytes published and received, publishes acked in fast-ingest
+   * batches, publishes awaiting their ack (or room), received messages not
+   * yet acked, redeliveries, reconnects.
    */
   stats () {
-    const [msgsOut, bytesOut] = this._native.published()
+    const [msgsOut, bytesOut, msgsOutBatched] = this._native.published()
     const { msgsIn, bytesIn, redelivered, acked, reconnects } = this._stats
     return {
       msgsOut,
       bytesOut,
+      msgsOutBatched,
       msgsIn,
       bytesIn,
       publishesPending: this._pending.size + this._waiting.length,
@@ -198,6 +207,10 @@ class Stan extends EventEmitter {
       return false
     }
     this._pending.set(token, entry)
+    if (!this._flushQueued) {
+      this._flushQueued = true
+      queueMicrotask(this._flushPublishes)
+    }
     return true
   }
 

@@ -108,6 +108,13 @@ impl Connection {
         Ok(self.session.publish(subject, payload, token, guid, None)?)
     }
 
+    /// Sends the publishes made since the last flush to the session task.
+    /// JS calls it once per tick that published.
+    #[napi(catch_unwind)]
+    pub fn flush(&self) {
+        self.session.flush()
+    }
+
     #[napi(catch_unwind)]
     pub fn subscribe(&self, sid: u32, options: SubscribeOptions) -> napi::Result<(), ErrorCode> {
         Ok(self.session.subscribe(sid, options)?)
@@ -150,11 +157,12 @@ impl Connection {
         self.session.protocol_subjects()
     }
 
-    /// `[messages, payload bytes]` published so far.
+    /// `[messages, payload bytes, messages acked in fast-ingest batches]`
+    /// published so far.
     #[napi(catch_unwind)]
     pub fn published(&self) -> Vec<f64> {
-        let (messages, bytes) = self.session.published();
-        vec![messages as f64, bytes as f64]
+        let (messages, bytes, batched) = self.session.published();
+        vec![messages as f64, bytes as f64, batched as f64]
     }
 
     /// Everything that became ready since the last poll, in one crossing.

@@ -8,8 +8,16 @@
 //! timers, so a write waiting on a full connection never holds up a
 //! deadline. A channel whose destination is still being resolved parks its
 //! publishes; other channels keep flowing.
+//!
+//! Where the server takes fast-ingest batches (JetStream, nats-server 2.14
+//! and later), the publishes of one channel that go out in one write form a
+//! batch, ended by the write: the server acks the batch as a whole instead
+//! of each publish. A lone publish, one that carries the application's
+//! headers, and any second attempt go out alone, so a batch that fails for
+//! any reason falls back to the per-publish path, where `Nats-Msg-Id` keeps
+//! a message stored once whatever the batch did store.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::mem;
 use std::time::Duration;
 
@@ -23,6 +31,7 @@ use tokio::time::Instant;
 use crate::deadline::sleep_until;
 use crate::error::{text, ErrorCode, JetstanError, Result};
 use crate::id_map::IdMap;
+use crate::jetstream::fast_ingest::{self, Op, Reading};
 use crate::outbox::Outbox;
 
 /// How soon a publish nobody took (no responders: a stream electing a
@@ -31,6 +40,9 @@ const NOBODY_RETRY: Duration = Duration::from_millis(250);
 /// Where the server deduplicates, how long an unanswered publish waits before
 /// it is sent again, at most (a quarter of `ackTimeout` when that is shorter).
 const UNANSWERED_RETRY: Duration = Duration::from_secs(2);
+/// Fewer publishes of a channel in one write than this go out one by one:
+/// a batch costs an end-of-batch marker and two acks of its own.
+const MIN_BATCH: usize = 4;
 
 pub struct PublishRequest {
     pub token: u32,
@@ -66,6 +78,8 @@ struct InFlight {
     attempt: u32,
     /// Waiting for its channel's destination to be resolved.
     parked: bool,
+    /// Never in a batch again: a batch it was in did not store it.
+    alone: bool,
     last_error: Option<JetstanError>,
 }
 
@@ -75,6 +89,35 @@ enum Route {
 }
 
 type Resolution = (String, Result<()>);
+
+/// A write's frames, each with the publish it carries (none for an
+/// end-of-batch marker).
+type Frames = Vec<(Option<u32>, Frame)>;
+
+/// The fast-ingest batches of a connection whose server takes them.
+struct Batches {
+    /// The reply prefix's own unique token: batch ids are `<tag><n>`.
+    tag: String,
+    next: u32,
+    /// Batches whose final ack has not come, by number.
+    open: IdMap<u32, Batch>,
+    /// Channels whose stream takes no batches (`allow_batched` unset).
+    refused: HashSet<String>,
+}
+
+/// A channel's share of one write: its publishes that may be batched, and
+/// its batch (number, last batch sequence used) once started.
+struct Share<'a> {
+    channel: &'a str,
+    batchable: usize,
+    batch: Option<(u32, u64)>,
+}
+
+struct Batch {
+    channel: String,
+    /// Publishes not yet known stored, in batch-sequence order.
+    members: VecDeque<(u64, u32)>,
+}
 
 /// Something the publisher's own futures produced, for the loop to apply.
 pub enum Due {
@@ -98,14 +141,34 @@ pub struct Publisher {
     nobody: VecDeque<(Instant, u32, u32)>,
     routes: HashMap<String, Route>,
     resolving: FuturesUnordered<BoxFuture<'static, Resolution>>,
-    queued: Vec<(u32, Frame)>,
+    queued: Vec<u32>,
     writing: Option<BoxFuture<'static, Vec<(u32, JetstanError)>>>,
+    batches: Option<Batches>,
+    /// Publishes a batch's ack settled, since the last report.
+    batched: u64,
     acked: Vec<u32>,
     failed: Vec<(u32, JetstanError)>,
 }
 
 impl Publisher {
-    pub fn new(reply_prefix: String, ack_timeout: Duration, deduplicates: bool) -> Self {
+    /// `fast_ingest`: the server takes fast-ingest batches, and acks arrive
+    /// for every subject under `reply_prefix`.
+    pub fn new(
+        reply_prefix: String,
+        ack_timeout: Duration,
+        deduplicates: bool,
+        fast_ingest: bool,
+    ) -> Self {
+        let batches = fast_ingest.then(|| Batches {
+            tag: reply_prefix
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            next: 0,
+            open: IdMap::default(),
+            refused: HashSet::new(),
+        });
         Publisher {
             reply_prefix,
             ack_timeout,
@@ -118,6 +181,8 @@ impl Publisher {
             resolving: FuturesUnordered::new(),
             queued: Vec::new(),
             writing: None,
+            batches,
+            batched: 0,
             acked: Vec::new(),
             failed: Vec::new(),
         }
@@ -129,7 +194,6 @@ impl Publisher {
         &mut self,
         request: PublishRequest,
         now: Instant,
-        frame: impl Fn(&PublishRequest, String) -> Frame,
         resolve: impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>,
     ) {
         let token = request.token;
@@ -140,18 +204,19 @@ impl Publisher {
                 request,
                 attempt: 0,
                 parked: false,
+                alone: false,
                 last_error: None,
             },
         );
-        self.dispatch(token, now, &frame, &resolve);
+        self.dispatch(token, now, &resolve);
     }
 
-    /// Sends the publish, or parks it while its channel is being resolved.
+    /// Queues the publish for the next write, or parks it while its channel
+    /// is being resolved.
     fn dispatch(
         &mut self,
         token: u32,
         now: Instant,
-        frame: &impl Fn(&PublishRequest, String) -> Frame,
         resolve: &impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>,
     ) {
         let Some(entry) = self.in_flight.get_mut(&token) else {
@@ -177,35 +242,40 @@ impl Publisher {
                 }
             }
         }
-        let reply = reply_subject(&self.reply_prefix, token);
-        self.queued.push((token, frame(&entry.request, reply)));
+        let attempt = entry.attempt;
+        self.queue(token, attempt, now);
+    }
+
+    fn queue(&mut self, token: u32, attempt: u32, now: Instant) {
+        self.queued.push(token);
         if let Some(after) = self.resend_after {
-            self.resends.push_back((now + after, token, entry.attempt));
+            self.resends.push_back((now + after, token, attempt));
         }
     }
 
+    /// A second attempt always goes alone: if a batch lost it, the next
+    /// batch is no surer.
     fn resend(
         &mut self,
         token: u32,
         now: Instant,
-        frame: &impl Fn(&PublishRequest, String) -> Frame,
         resolve: &impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>,
     ) {
         if let Some(entry) = self.in_flight.get_mut(&token) {
             entry.attempt += 1;
-            self.dispatch(token, now, frame, resolve);
+            entry.alone = true;
+            self.dispatch(token, now, resolve);
         }
     }
 
     /// After a reconnect, where the server deduplicates: whatever was in
-    /// flight may have been lost with the old connection.
-    pub fn resend_all(
-        &mut self,
-        frame: impl Fn(&PublishRequest, String) -> Frame,
-        resolve: impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>,
-    ) {
+    /// flight may have been lost with the old connection, batches included.
+    pub fn resend_all(&mut self, resolve: impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>) {
         if self.resend_after.is_none() {
             return;
+        }
+        if let Some(batches) = &mut self.batches {
+            batches.open.clear();
         }
         let now = Instant::now();
         let tokens: Vec<u32> = self
@@ -215,7 +285,7 @@ impl Publisher {
             .filter(|token| self.in_flight.get(token).is_some_and(|e| !e.parked))
             .collect();
         for token in tokens {
-            self.resend(token, now, &frame, &resolve);
+            self.resend(token, now, &resolve);
         }
     }
 
@@ -227,12 +297,18 @@ impl Publisher {
         outcome: impl Fn(&async_nats::Message, &str) -> Outcome,
         forget: impl Fn(&str),
     ) {
-        let Some(token) = ack
+        let Some(rest) = ack
             .subject
-            .rsplit('.')
-            .next()
-            .and_then(|token| token.parse::<u32>().ok())
+            .strip_prefix(self.reply_prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
         else {
+            return;
+        };
+        if fast_ingest::is_batch_frame(rest) {
+            self.on_batch_frame(rest, ack);
+            return;
+        }
+        let Ok(token) = rest.parse::<u32>() else {
             return;
         };
         let Some(entry) = self.in_flight.get(&token) else {
@@ -268,10 +344,84 @@ impl Publisher {
         }
     }
 
+    /// What the server says of a batch: members it stored are acked, the
+    /// ones it did not are sent again alone.
+    fn on_batch_frame(&mut self, rest: &str, frame: &async_nats::Message) {
+        let Some(batches) = &mut self.batches else {
+            return;
+        };
+        let Some((number, seq)) = fast_ingest::address(rest, &batches.tag) else {
+            return;
+        };
+        let Some(batch) = batches.open.get_mut(&number) else {
+            return;
+        };
+        let mut stored = Vec::new();
+        let mut lost = Vec::new();
+        match fast_ingest::read(frame) {
+            Reading::Flow(through) => {
+                while let Some(&(member, token)) = batch.members.front() {
+                    if member > through {
+                        break;
+                    }
+                    batch.members.pop_front();
+                    stored.push(token);
+                }
+            }
+            Reading::Done(through) => {
+                if let Some(batch) = batches.open.remove(&number) {
+                    for (member, token) in batch.members {
+                        if member <= through {
+                            stored.push(token);
+                        } else {
+                            lost.push(token);
+                        }
+                    }
+                }
+            }
+            Reading::Refused => {
+                if let Some(at) = batch.members.iter().position(|&(member, _)| member == seq) {
+                    if let Some((_, token)) = batch.members.remove(at) {
+                        lost.push(token);
+                    }
+                }
+            }
+            Reading::Failed { disabled, error } => {
+                if let Some(batch) = batches.open.remove(&number) {
+                    if disabled {
+                        tracing::debug!(channel = %batch.channel, "the channel's stream takes no batches");
+                        batches.refused.insert(batch.channel);
+                    } else {
+                        tracing::debug!(channel = %batch.channel, error = %error, "batch failed");
+                    }
+                    lost.extend(batch.members.into_iter().map(|(_, token)| token));
+                }
+            }
+            Reading::Gap => {}
+            Reading::Unreadable(err) => tracing::warn!("{err}"),
+        }
+        for token in stored {
+            if self.in_flight.remove(&token).is_some() {
+                self.acked.push(token);
+                self.batched += 1;
+            }
+        }
+        if !lost.is_empty() {
+            let now = Instant::now();
+            for token in lost {
+                if let Some(entry) = self.in_flight.get_mut(&token) {
+                    entry.attempt += 1;
+                    entry.alone = true;
+                    let attempt = entry.attempt;
+                    self.queue(token, attempt, now);
+                }
+            }
+        }
+    }
+
     pub fn on_resolved(
         &mut self,
         (channel, result): Resolution,
-        frame: impl Fn(&PublishRequest, String) -> Frame,
         resolve: impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>,
     ) {
         let Some(Route::Resolving(parked)) = self.routes.remove(&channel) else {
@@ -284,7 +434,7 @@ impl Publisher {
                 for token in parked {
                     if let Some(entry) = self.in_flight.get_mut(&token) {
                         entry.parked = false;
-                        self.dispatch(token, now, &frame, &resolve);
+                        self.dispatch(token, now, &resolve);
                     }
                 }
             }
@@ -335,11 +485,7 @@ impl Publisher {
         }
     }
 
-    pub fn on_timer(
-        &mut self,
-        frame: impl Fn(&PublishRequest, String) -> Frame,
-        resolve: impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>,
-    ) {
+    pub fn on_timer(&mut self, resolve: impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>) {
         let now = Instant::now();
         while let Some(&(at, token)) = self.deadlines.front() {
             if at > now {
@@ -366,7 +512,7 @@ impl Publisher {
                 if write_stuck {
                     rearm.push((token, attempt));
                 } else {
-                    self.resend(token, now, &frame, &resolve);
+                    self.resend(token, now, &resolve);
                 }
             }
         }
@@ -381,7 +527,7 @@ impl Publisher {
             }
             self.nobody.pop_front();
             if self.is_current(token, attempt) {
-                self.resend(token, now, &frame, &resolve);
+                self.resend(token, now, &resolve);
             }
         }
     }
@@ -419,19 +565,119 @@ impl Publisher {
         }
     }
 
-    /// Hands the queued frames to the connection, unless a write is still
+    /// Hands the queued publishes to the connection, unless a write is still
     /// going: then they go together once it is done.
-    pub fn start_write(&mut self, client: &Client) {
+    pub fn start_write(
+        &mut self,
+        client: &Client,
+        frame: impl Fn(&PublishRequest, String) -> Frame,
+    ) {
         if self.writing.is_some() || self.queued.is_empty() {
             return;
         }
-        let frames = mem::take(&mut self.queued);
-        self.writing = Some(write(client.clone(), frames).boxed());
+        let frames = self.frames(frame);
+        if !frames.is_empty() {
+            self.writing = Some(write(client.clone(), frames).boxed());
+        }
+    }
+
+    /// The queued publishes as frames, in the order they were queued: a
+    /// channel with enough of them in this write gets a batch, ended here.
+    fn frames(&mut self, frame: impl Fn(&PublishRequest, String) -> Frame) -> Frames {
+        let queued = mem::take(&mut self.queued);
+        let mut frames = Frames::with_capacity(queued.len() + 1);
+        let Some(batches) = &mut self.batches else {
+            for token in queued {
+                if let Some(entry) = self.in_flight.get(&token) {
+                    let reply = reply_subject(&self.reply_prefix, token);
+                    frames.push((Some(token), frame(&entry.request, reply)));
+                }
+            }
+            return frames;
+        };
+        // Each publish with the share of its channel, if it may be batched.
+        let mut shares: Vec<Share> = Vec::new();
+        let mut publishes: Vec<(u32, Option<usize>)> = Vec::with_capacity(queued.len());
+        for token in queued {
+            let Some(entry) = self.in_flight.get(&token) else {
+                continue;
+            };
+            let channel = entry.request.channel.as_str();
+            let batchable = !entry.alone
+                && entry.request.headers.is_none()
+                && !batches.refused.contains(channel);
+            let share =
+                batchable.then(
+                    || match shares.iter().position(|share| share.channel == channel) {
+                        Some(at) => {
+                            shares[at].batchable += 1;
+                            at
+                        }
+                        None => {
+                            shares.push(Share {
+                                channel,
+                                batchable: 1,
+                                batch: None,
+                            });
+                            shares.len() - 1
+                        }
+                    },
+                );
+            publishes.push((token, share));
+        }
+        for (token, share) in publishes {
+            let Some(entry) = self.in_flight.get(&token) else {
+                continue;
+            };
+            let share = share
+                .map(|at| &mut shares[at])
+                .filter(|share| share.batchable >= MIN_BATCH);
+            let reply = match share {
+                Some(share) => {
+                    let (number, seq) = share.batch.get_or_insert_with(|| {
+                        batches.next = batches.next.wrapping_add(1);
+                        batches.open.insert(
+                            batches.next,
+                            Batch {
+                                channel: share.channel.to_string(),
+                                members: VecDeque::new(),
+                            },
+                        );
+                        (batches.next, 0)
+                    });
+                    *seq += 1;
+                    if let Some(open) = batches.open.get_mut(number) {
+                        open.members.push_back((*seq, token));
+                    }
+                    let op = if *seq == 1 { Op::Start } else { Op::Add };
+                    fast_ingest::reply(&self.reply_prefix, &batches.tag, *number, *seq, op)
+                }
+                None => reply_subject(&self.reply_prefix, token),
+            };
+            frames.push((Some(token), frame(&entry.request, reply)));
+        }
+        for share in shares {
+            if let Some((number, seq)) = share.batch {
+                let reply =
+                    fast_ingest::reply(&self.reply_prefix, &batches.tag, number, seq + 1, Op::End);
+                frames.push((
+                    None,
+                    Frame {
+                        subject: Subject::from(share.channel),
+                        reply: reply.into(),
+                        headers: None,
+                        payload: Bytes::new(),
+                    },
+                ));
+            }
+        }
+        frames
     }
 
     /// Hands settled publishes to JS and drops queue entries that are
     /// settled already, so the queues stay as small as what is in flight.
-    pub fn report(&mut self, outbox: &Outbox) {
+    /// Returns how many publishes a batch's ack settled since the last call.
+    pub fn report(&mut self, outbox: &Outbox) -> u64 {
         while let Some((_, token)) = self.deadlines.front() {
             if self.in_flight.contains_key(token) {
                 break;
@@ -451,6 +697,7 @@ impl Publisher {
             }
         }
         outbox.push_publish_results(&mut self.acked, &mut self.failed);
+        mem::take(&mut self.batched)
     }
 }
 
@@ -461,7 +708,7 @@ async fn wait_for<T>(future: &mut Option<BoxFuture<'static, T>>) -> T {
     }
 }
 
-async fn write(client: Client, frames: Vec<(u32, Frame)>) -> Vec<(u32, JetstanError)> {
+async fn write(client: Client, frames: Frames) -> Vec<(u32, JetstanError)> {
     let mut failed = Vec::new();
     for (token, frame) in frames {
         let sent = match frame.headers {
@@ -481,7 +728,7 @@ async fn write(client: Client, frames: Vec<(u32, Frame)>) -> Vec<(u32, JetstanEr
                     .await
             }
         };
-        if let Err(err) = sent {
+        if let (Err(err), Some(token)) = (sent, token) {
             failed.push((
                 token,
                 JetstanError::new(ErrorCode::PublishFailed, err.to_string()),
@@ -545,7 +792,7 @@ mod tests {
     }
 
     fn queued(publisher: &Publisher) -> Vec<u32> {
-        publisher.queued.iter().map(|(token, _)| *token).collect()
+        publisher.queued.clone()
     }
 
     fn ack(token: u32, status: Option<async_nats::StatusCode>) -> async_nats::Message {
@@ -562,21 +809,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_channel_being_resolved_holds_back_only_its_own_publishes() {
-        let mut publisher = Publisher::new("_INBOX.t".into(), Duration::from_millis(200), true);
-        publisher.publish(request(1, "slow"), Instant::now(), frame, resolve);
-        publisher.publish(request(2, "fast"), Instant::now(), frame, resolve);
+        let mut publisher =
+            Publisher::new("_INBOX.t".into(), Duration::from_millis(200), true, false);
+        publisher.publish(request(1, "slow"), Instant::now(), resolve);
+        publisher.publish(request(2, "fast"), Instant::now(), resolve);
         assert!(queued(&publisher).is_empty());
         let Due::Resolved(resolved) = publisher.due().await else {
             panic!("the fast channel resolves first");
         };
-        publisher.on_resolved(resolved, frame, resolve);
-        publisher.publish(request(3, "fast"), Instant::now(), frame, resolve);
-        publisher.publish(request(4, "slow"), Instant::now(), frame, resolve);
+        publisher.on_resolved(resolved, resolve);
+        publisher.publish(request(3, "fast"), Instant::now(), resolve);
+        publisher.publish(request(4, "slow"), Instant::now(), resolve);
         assert_eq!(queued(&publisher), vec![2, 3]);
         // The slow channel's publishes still get their callback: at the deadline.
         loop {
             if let Due::Timer = publisher.due().await {
-                publisher.on_timer(frame, resolve);
+                publisher.on_timer(resolve);
             }
             if publisher.in_flight.is_empty() {
                 break;
@@ -602,8 +850,8 @@ mod tests {
     #[tokio::test]
     async fn a_publish_nobody_took_is_sent_again_and_settled_once() {
         let ready = |_: &str| None;
-        let mut publisher = Publisher::new("_INBOX.t".into(), Duration::from_secs(5), false);
-        publisher.publish(request(7, "orders"), Instant::now(), frame, ready);
+        let mut publisher = Publisher::new("_INBOX.t".into(), Duration::from_secs(5), false, false);
+        publisher.publish(request(7, "orders"), Instant::now(), ready);
         assert_eq!(queued(&publisher), vec![7]);
         publisher.queued.clear();
         let nobody = ack(7, Some(async_nats::StatusCode::NO_RESPONDERS));
@@ -611,7 +859,7 @@ mod tests {
         assert!(publisher.acked.is_empty() && publisher.failed.is_empty());
         while queued(&publisher).is_empty() {
             if let Due::Timer = publisher.due().await {
-                publisher.on_timer(frame, ready);
+                publisher.on_timer(ready);
             }
         }
         assert_eq!(queued(&publisher), vec![7]);
@@ -620,6 +868,96 @@ mod tests {
         publisher.on_ack(&ack(7, None), |_, _| Outcome::Stored, |_| {});
         assert_eq!(publisher.acked, vec![7]);
         assert!(publisher.failed.is_empty());
+    }
+
+    fn answer(reply: &str, json: &'static str) -> async_nats::Message {
+        async_nats::Message {
+            subject: Subject::from(reply),
+            reply: None,
+            payload: Bytes::from_static(json.as_bytes()),
+            headers: None,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    fn replies(frames: &Frames) -> Vec<(Option<u32>, String)> {
+        frames
+            .iter()
+            .map(|(token, frame)| (*token, frame.reply.to_string()))
+            .collect()
+    }
+
+    fn stored(_: &async_nats::Message, _: &str) -> Outcome {
+        Outcome::Stored
+    }
+
+    #[test]
+    fn a_channels_publishes_in_one_write_form_a_batch_its_acks_settle() {
+        let ready = |_: &str| None;
+        let mut publisher = Publisher::new("_INBOX.tag".into(), Duration::from_secs(5), true, true);
+        let now = Instant::now();
+        for token in 1..=5 {
+            publisher.publish(request(token, "orders"), now, ready);
+        }
+        publisher.publish(request(6, "other"), now, ready);
+        let batch = |seq: u64, op: Op| fast_ingest::reply("_INBOX.tag", "tag", 1, seq, op);
+        assert_eq!(
+            replies(&publisher.frames(frame)),
+            vec![
+                (Some(1), batch(1, Op::Start)),
+                (Some(2), batch(2, Op::Add)),
+                (Some(3), batch(3, Op::Add)),
+                (Some(4), batch(4, Op::Add)),
+                (Some(5), batch(5, Op::Add)),
+                (Some(6), "_INBOX.tag.6".to_string()),
+                (None, batch(6, Op::End)),
+            ]
+        );
+        let flow = answer(&batch(3, Op::Add), r#"{"type":"ack","seq":3,"msgs":256}"#);
+        publisher.on_ack(&flow, stored, |_| {});
+        assert_eq!(publisher.acked, vec![1, 2, 3]);
+        // The batch ended after storing 4 of its 5: the fifth goes again, alone.
+        let done = answer(
+            &batch(6, Op::End),
+            r#"{"stream":"S","seq":40,"batch":"tag1","count":4}"#,
+        );
+        publisher.on_ack(&done, stored, |_| {});
+        assert_eq!(publisher.acked, vec![1, 2, 3, 4]);
+        assert_eq!(
+            replies(&publisher.frames(frame)),
+            vec![(Some(5), "_INBOX.tag.5".to_string())]
+        );
+        assert_eq!(publisher.batched, 4);
+        // A late copy of the final ack changes nothing.
+        publisher.on_ack(&done, stored, |_| {});
+        assert_eq!(publisher.acked, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_stream_that_takes_no_batches_gets_its_publishes_one_by_one() {
+        let ready = |_: &str| None;
+        let mut publisher = Publisher::new("_INBOX.tag".into(), Duration::from_secs(5), true, true);
+        let now = Instant::now();
+        for token in 1..=4 {
+            publisher.publish(request(token, "orders"), now, ready);
+        }
+        let frames = publisher.frames(frame);
+        assert_eq!(frames.len(), 5);
+        let disabled = answer(
+            &fast_ingest::reply("_INBOX.tag", "tag", 1, 1, Op::Start),
+            r#"{"error":{"code":400,"err_code":10205,"description":"batch publish is disabled"},"stream":"S","seq":0}"#,
+        );
+        publisher.on_ack(&disabled, stored, |_| {});
+        assert!(publisher.acked.is_empty() && publisher.failed.is_empty());
+        for token in 5..=8 {
+            publisher.publish(request(token, "orders"), now, ready);
+        }
+        let expected: Vec<(Option<u32>, String)> = (1..=8)
+            .map(|token| (Some(token), reply_subject("_INBOX.tag", token)))
+            .collect();
+        assert_eq!(replies(&publisher.frames(frame)), expected);
     }
 
     #[test]

@@ -9,6 +9,7 @@ import { clusterId, connectOptions } from './config'
 const help: Record<keyof Stats, string> = {
   msgsOut: 'Messages published',
   bytesOut: 'Payload bytes published',
+  msgsOutBatched: 'Messages published in fast-ingest batches',
   msgsIn: 'Messages delivered to subscriptions',
   bytesIn: 'Payload bytes delivered',
   publishesPending: 'Publishes waiting for their ack',

@@ -1,6 +1,7 @@
 //! STAN semantics on JetStream streams and consumers (the default backend).
 
 mod consumer;
+pub mod fast_ingest;
 pub use consumer::Identity;
 pub mod manage;
 mod presence;

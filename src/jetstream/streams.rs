@@ -77,15 +77,23 @@ pub struct StreamCache {
     cluster_id: String,
     auto_create: bool,
     defaults: StreamDefaults,
+    /// Streams we create take fast-ingest batches (nats-server 2.14 on).
+    batched: bool,
     by_channel: Mutex<HashMap<String, String>>,
 }
 
 impl StreamCache {
-    pub fn new(cluster_id: String, auto_create: bool, defaults: StreamDefaults) -> Self {
+    pub fn new(
+        cluster_id: String,
+        auto_create: bool,
+        defaults: StreamDefaults,
+        batched: bool,
+    ) -> Self {
         Self {
             cluster_id,
             auto_create,
             defaults,
+            batched,
             by_channel: Mutex::new(HashMap::new()),
         }
     }
@@ -148,6 +156,7 @@ impl StreamCache {
                 Some("new") => stream::DiscardPolicy::New,
                 _ => stream::DiscardPolicy::Old,
             },
+            allow_batch_publish: self.batched,
             ..Default::default()
         };
         match js.get_or_create_stream(config).await {

@@ -140,6 +140,7 @@ impl Protocol for Stan {
             client,
             acks,
             reply_prefix,
+            fast_ingest: false,
             jetstream: None,
             subjects: Some(subjects),
         })

@@ -30,19 +30,36 @@ async fn main() -> Result<()> {
     let client = async_nats::connect(url.as_str()).await?;
     let js = jetstream::new(client.clone());
     let subject = format!("native-{workload}-{}", std::process::id());
-    js.create_stream(stream::Config {
+    // `allow_batched` (fast ingest, nats-server >= 2.14) rides in the raw
+    // config: async-nats 0.51's `stream::Config` does not model it.
+    let mut config = serde_json::to_value(stream::Config {
         name: subject.clone(),
         subjects: vec![subject.clone()],
         ..Default::default()
-    })
-    .await?;
+    })?;
+    if workload.starts_with("pubfast") {
+        config["allow_batched"] = json!(true);
+    }
+    let created: serde_json::Value = js
+        .request(format!("STREAM.CREATE.{subject}"), &config)
+        .await?;
+    if let Some(error) = created.get("error") {
+        return Err(format!("creating the stream: {error}").into());
+    }
     let payload = Bytes::from(vec![7u8; bytes]);
     let result = match workload.as_str() {
         // Every publish carries a `Nats-Msg-Id`, as jetstan's (and the nats.js
-        // rows') do; `pubnoid` is the same without it: the server's ceiling.
+        // rows') do; `pubnoid` is the same without it: the server's ceiling
+        // for per-message acks. `pubfast`/`pubfastnoid` (below) are the same
+        // publishes as one fast-ingest batch: the ceilings of batching.
         "pub" | "pubnoid" => {
             let start = Instant::now();
             publish_many(&js, &subject, count, payload, workload == "pub").await?;
+            json!({ "rate": count as f64 / start.elapsed().as_secs_f64() })
+        }
+        "pubfast" | "pubfastnoid" => {
+            let start = Instant::now();
+            fast_ingest(&client, &subject, count, payload, workload == "pubfast").await?;
             json!({ "rate": count as f64 / start.elapsed().as_secs_f64() })
         }
         "syncpub" => {
@@ -54,7 +71,12 @@ async fn main() -> Result<()> {
             }
             json!({ "rate": count as f64 / start.elapsed().as_secs_f64() })
         }
-        "consume" => {
+        "consume" | "consume100" => {
+            let window = if workload == "consume100" {
+                100
+            } else {
+                CONSUME_WINDOW
+            };
             publish_many(&js, &subject, count, payload, true).await?;
             let start = Instant::now();
             let consumer = js
@@ -62,7 +84,7 @@ async fn main() -> Result<()> {
                     consumer::pull::Config {
                         durable_name: Some("ceiling".into()),
                         ack_policy: consumer::AckPolicy::Explicit,
-                        max_ack_pending: CONSUME_WINDOW as i64,
+                        max_ack_pending: window as i64,
                         ..Default::default()
                     },
                     subject.as_str(),
@@ -70,7 +92,7 @@ async fn main() -> Result<()> {
                 .await?;
             let mut messages = consumer
                 .stream()
-                .max_messages_per_batch(CONSUME_WINDOW)
+                .max_messages_per_batch(window)
                 .messages()
                 .await?;
             let mut received = 0;
@@ -123,6 +145,69 @@ async fn publish_many(
         ack?;
     }
     Ok(())
+}
+
+/// One fast-ingest batch (ADR-50, `allow_batched`): the reply subject
+/// `<inbox>.<flow>.fail.<batch seq>.<op>.$FI` carries the batch; the server
+/// acks every `flow` messages and the end-of-batch marker (op 3) gets the
+/// batch's final ack. At most `WINDOW` messages are unacked, as in `pub`.
+async fn fast_ingest(
+    client: &async_nats::Client,
+    subject: &str,
+    count: usize,
+    payload: Bytes,
+    with_id: bool,
+) -> Result<()> {
+    let flow = WINDOW / 4;
+    let inbox = client.new_inbox();
+    let mut acks = client.subscribe(format!("{inbox}.>")).await?;
+    let reply = |seq: usize, op: u8| format!("{inbox}.{flow}.fail.{seq}.{op}.$FI");
+    let mut acked = 0;
+    let read = |frame: async_nats::Message, acked: &mut usize| -> Result<bool> {
+        let frame: serde_json::Value = serde_json::from_slice(&frame.payload)?;
+        if let Some(error) = frame.get("error") {
+            return Err(format!("batch failed: {error}").into());
+        }
+        if frame.get("batch").is_some() {
+            return Ok(true);
+        }
+        if let Some(seq) = frame.get("seq").and_then(|seq| seq.as_u64()) {
+            *acked = (*acked).max(seq as usize);
+        }
+        Ok(false)
+    };
+    for seq in 1..=count {
+        while seq > acked + WINDOW {
+            let frame = acks.next().await.ok_or("ack inbox closed")?;
+            read(frame, &mut acked)?;
+        }
+        let op = if seq == 1 { 0 } else { 1 };
+        if with_id {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", nuid::next().as_str());
+            client
+                .publish_with_reply_and_headers(
+                    subject.to_string(),
+                    reply(seq, op),
+                    headers,
+                    payload.clone(),
+                )
+                .await?;
+        } else {
+            client
+                .publish_with_reply(subject.to_string(), reply(seq, op), payload.clone())
+                .await?;
+        }
+    }
+    client
+        .publish_with_reply(subject.to_string(), reply(count + 1, 3), Bytes::new())
+        .await?;
+    loop {
+        let frame = acks.next().await.ok_or("ack inbox closed")?;
+        if read(frame, &mut acked)? {
+            return Ok(());
+        }
+    }
 }
 
 /// User + system CPU seconds of this process so far (/proc/self/stat, in
