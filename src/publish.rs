@@ -113,10 +113,28 @@ struct Share<'a> {
     batch: Option<(u32, u64)>,
 }
 
+impl Batches {
+    fn new(reply_prefix: &str) -> Self {
+        Batches {
+            tag: reply_prefix
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            next: 0,
+            open: IdMap::default(),
+            refused: HashSet::new(),
+        }
+    }
+}
+
 struct Batch {
     channel: String,
     /// Publishes not yet known stored, in batch-sequence order.
     members: VecDeque<(u64, u32)>,
+    /// Past this, every member has had its deadline: a batch whose final
+    /// ack never came is forgotten.
+    expires: Instant,
 }
 
 /// Something the publisher's own futures produced, for the loop to apply.
@@ -159,16 +177,7 @@ impl Publisher {
         deduplicates: bool,
         fast_ingest: bool,
     ) -> Self {
-        let batches = fast_ingest.then(|| Batches {
-            tag: reply_prefix
-                .rsplit('.')
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-            next: 0,
-            open: IdMap::default(),
-            refused: HashSet::new(),
-        });
+        let batches = fast_ingest.then(|| Batches::new(&reply_prefix));
         Publisher {
             reply_prefix,
             ack_timeout,
@@ -185,6 +194,15 @@ impl Publisher {
             batched: 0,
             acked: Vec::new(),
             failed: Vec::new(),
+        }
+    }
+
+    /// Turns fast-ingest batches on or off (after a reconnect, the server may
+    /// be another version). Batches in flight are not followed further: a
+    /// reconnect sends their members again anyway.
+    pub fn fast_ingest(&mut self, on: bool) {
+        if on != self.batches.is_some() {
+            self.batches = on.then(|| Batches::new(&self.reply_prefix));
         }
     }
 
@@ -487,6 +505,9 @@ impl Publisher {
 
     pub fn on_timer(&mut self, resolve: impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>) {
         let now = Instant::now();
+        if let Some(batches) = &mut self.batches {
+            batches.open.retain(|_, batch| batch.expires > now);
+        }
         while let Some(&(at, token)) = self.deadlines.front() {
             if at > now {
                 break;
@@ -595,6 +616,7 @@ impl Publisher {
             }
             return frames;
         };
+        let expires = Instant::now() + self.ack_timeout;
         // Each publish with the share of its channel, if it may be batched.
         let mut shares: Vec<Share> = Vec::new();
         let mut publishes: Vec<(u32, Option<usize>)> = Vec::with_capacity(queued.len());
@@ -641,6 +663,7 @@ impl Publisher {
                             Batch {
                                 channel: share.channel.to_string(),
                                 members: VecDeque::new(),
+                                expires,
                             },
                         );
                         (batches.next, 0)

@@ -162,9 +162,6 @@ pub struct Opened<L> {
     /// a batch, the reply subject of its publish).
     pub acks: Subscriber,
     pub reply_prefix: String,
-    /// The server takes fast-ingest batches; acks then arrive on any subject
-    /// under `reply_prefix`.
-    pub fast_ingest: bool,
     pub jetstream: Option<jetstream::Context>,
     /// The stan backend's ConnectResponse subjects, which 0.3.2 exposed.
     pub subjects: Option<ProtocolSubjects>,
@@ -217,6 +214,9 @@ pub trait Protocol: Send + 'static {
     const DEDUPLICATES: bool;
     /// Messages carry headers.
     const HEADERS: bool;
+    /// Publishes may go out as fast-ingest batches where the server takes
+    /// them (JetStream, nats-server 2.14 on).
+    const FAST_INGEST: bool;
 
     fn open(ctx: &Context) -> impl Future<Output = Result<Opened<Self::Live>>> + Send;
 
@@ -543,6 +543,11 @@ struct SubEntry {
     task: JoinHandle<()>,
 }
 
+/// Whether publishes may go out as fast-ingest batches on this server.
+fn fast_ingest<P: Protocol>(client: &Client) -> bool {
+    P::FAST_INGEST && crate::jetstream::fast_ingest::supported(&client.server_info().version)
+}
+
 /// An open connection, owned by the session task.
 struct Open<P: Protocol> {
     ctx: Context,
@@ -567,7 +572,7 @@ impl<P: Protocol> Open<P> {
                 opened.reply_prefix,
                 options.ack_timeout(),
                 P::DEDUPLICATES,
-                opened.fast_ingest,
+                fast_ingest::<P>(&opened.client),
             ),
             live: opened.live,
             client: opened.client,
@@ -666,6 +671,9 @@ impl<P: Protocol> Open<P> {
                 for entry in self.subs.values() {
                     let _ = entry.commands.send(SubCommand::Reconnected);
                 }
+                // A rolling upgrade (or downgrade) may have moved us to a
+                // server of another version.
+                self.publisher.fast_ingest(fast_ingest::<P>(&self.client));
                 self.publisher
                     .resend_all(|channel| P::resolve(&self.live, channel))
             }

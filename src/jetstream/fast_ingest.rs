@@ -19,6 +19,17 @@ const MARK: &str = "$FI";
 /// The stream does not take batches (`allow_batched` unset).
 const DISABLED: u64 = 10205;
 
+/// Fast-ingest batches came with nats-server 2.14.
+pub fn supported(server_version: &str) -> bool {
+    let mut parts = server_version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= (2, 14)
+}
+
 #[derive(Clone, Copy)]
 pub enum Op {
     Start = 0,
@@ -174,6 +185,16 @@ mod tests {
             description: None,
             length: 0,
         }
+    }
+
+    #[test]
+    fn servers_from_2_14_take_batches() {
+        assert!(supported("2.14.0"));
+        assert!(supported("2.15.1"));
+        assert!(supported("v3.0.0-beta"));
+        assert!(!supported("2.12.3"));
+        assert!(!supported("2.9.25"));
+        assert!(!supported(""));
     }
 
     #[test]

@@ -54,17 +54,6 @@ struct ApiError {
     description: String,
 }
 
-/// Fast-ingest batches (ADR-50) came with nats-server 2.14.
-fn takes_batches(version: &str) -> bool {
-    let mut parts = version
-        .trim_start_matches('v')
-        .split(['.', '-'])
-        .map(|part| part.parse::<u32>().unwrap_or(0));
-    let major = parts.next().unwrap_or(0);
-    let minor = parts.next().unwrap_or(0);
-    (major, minor) >= (2, 14)
-}
-
 /// Whether something listens where a nats-streaming-server takes connects
 /// for this cluster: an answer, or silence rather than "no responders".
 async fn stan_answers(options: &ConnectOptions, client: &Client) -> bool {
@@ -89,6 +78,7 @@ impl Protocol for JetStream {
     type Live = Live;
     const DEDUPLICATES: bool = true;
     const HEADERS: bool = true;
+    const FAST_INGEST: bool = true;
 
     async fn open(ctx: &Context) -> Result<Opened<Live>> {
         let options = ctx.options();
@@ -126,7 +116,6 @@ impl Protocol for JetStream {
         }
         let claim = claim_client_id(options, &client).await?;
         let reply_prefix = client.new_inbox();
-        let fast_ingest = takes_batches(&client.server_info().version);
         let acks = client
             .subscribe(format!("{reply_prefix}.>"))
             .await
@@ -135,7 +124,7 @@ impl Protocol for JetStream {
             options.cluster_id.clone(),
             options.auto_create_streams.unwrap_or(true),
             options.stream_defaults.clone().unwrap_or_default(),
-            fast_ingest,
+            super::fast_ingest::supported(&client.server_info().version),
         ));
         let liveness = tokio::spawn(watch_liveness(
             ctx.clone(),
@@ -153,7 +142,6 @@ impl Protocol for JetStream {
             client,
             acks,
             reply_prefix,
-            fast_ingest,
             subjects: None,
             jetstream: Some(js),
         })

@@ -47,6 +47,7 @@ impl Protocol for Stan {
     /// nobody took is sent again.
     const DEDUPLICATES: bool = false;
     const HEADERS: bool = false;
+    const FAST_INGEST: bool = false;
 
     /// The client sequence of the protocol (§4.1): inboxes first, so the
     /// server can probe us from the moment it registers us.
@@ -140,7 +141,6 @@ impl Protocol for Stan {
             client,
             acks,
             reply_prefix,
-            fast_ingest: false,
             jetstream: None,
             subjects: Some(subjects),
         })
