@@ -17,16 +17,20 @@ export declare class Connection {
    */
   constructor(options: ConnectOptions, wake: () => unknown)
   /**
-   * Queues a publish; its outcome arrives through `poll()` under `token`.
-   * `guid` becomes the `Nats-Msg-Id`, so a retried publish is stored once.
+   * Checks a channel once; packed publishes then name it by the returned
+   * index. Returns `[index, bytes a publish on it adds to its payload]`.
    */
-  publish(subject: string, data: Uint8Array, token: number, guid: string): void
+  registerChannel(channel: string): Array<number>
+  forgetChannels(): void
   /**
-   * `publish` for string data. A separate entry point rather than an
-   * `Either`: napi checks an `Either`'s variants in turn and builds an
-   * error message for every miss, which cost more than the publish itself.
+   * A tick's publishes without headers in one call: `data` holds each
+   * one's guid (22 characters) and payload back to back, `meta` four
+   * numbers per publish (channel index, token, guid offset, payload
+   * length). Outcomes arrive through `poll()` under each token.
    */
-  publishText(subject: string, data: string, token: number, guid: string): void
+  publishPacked(data: Uint8Array, meta: Uint32Array): void
+  /** The server's max_payload (0 before the first connect). */
+  maxPayload(): number
   /**
    * `publish` with application headers (JetStream): `headers` is
    * `[name, value, name, value, …]`, checked by JS.

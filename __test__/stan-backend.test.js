@@ -140,8 +140,10 @@ test('an unanswered unsubscribe emits error with SUBSCRIBE_TIMEOUT', async () =>
 })
 
 test('a close the server refuses passes its error to close, as 0.3.2 does', async () => {
-  const sc = await connect()
-  double.injectNext('CloseResponse', { error: 'stan: unknown clientID' })
+  const clientID = unique('refused-close')
+  const sc = await connect({}, clientID)
+  // Only this client's close: another test's connection may close meanwhile.
+  double.injectNext('CloseResponse', { error: 'stan: unknown clientID', clientID })
   const closed = once(sc, 'close', { rejectOnError: false })
   sc.close()
   const err = await closed

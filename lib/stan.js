@@ -13,6 +13,14 @@ const CONNECTING = 0
 const CONNECTED = 1
 const CLOSING = 2
 const CLOSED = 3
+// A pack goes to the native side at the end of the tick, or once it holds
+// this many publishes, so the session task writes the head of a long tick
+// while JS makes the rest.
+const PACK_PUBLISHES = 256
+// Channels registered with the native side at most, before starting again.
+const MAX_CHANNELS = 4096
+// A guid is a NUID.
+const GUID_LENGTH = 22
 
 function badData (data) {
   const kind = data === null ? 'null' : Array.isArray(data) ? 'array' : typeof data
@@ -81,13 +89,22 @@ class Stan extends EventEmitter {
     this.stanMaxPingOut = options.stanMaxPingOut
     this._stats = { msgsIn: 0, bytesIn: 0, redelivered: 0, acked: 0, reconnects: 0 }
     this._settledListeners = []
-    // Publishes cross to the session task once per tick, together: one
-    // wake of it per tick, and one fast-ingest batch per channel.
+    // Publishes cross to the native side packed, once per tick (or every
+    // PACK_PUBLISHES): one call and one copy for all of them, channels named
+    // by an index registered once, one wake of the session task, and one
+    // fast-ingest batch per channel.
     this._flushQueued = false
     this._flushPublishes = () => {
       this._flushQueued = false
+      this._flushPack()
       this._native.flush()
     }
+    this._channels = new Map()
+    this._maxPayload = 0
+    this._pack = Buffer.allocUnsafe(64 * 1024)
+    this._packUsed = 0
+    this._packMeta = new Uint32Array(4 * PACK_PUBLISHES)
+    this._packCount = 0
     try {
       this._native = new Connection(native, () => this._onWake())
     } catch (err) {
@@ -193,12 +210,11 @@ class Stan extends EventEmitter {
     this._nextToken = (token + 1) >>> 0
     try {
       if (entry.headers !== undefined) {
+        this._flushPack()
         const bytes = typeof entry.payload === 'string' ? Buffer.from(entry.payload) : entry.payload
         this._native.publishWithHeaders(entry.subject, bytes, token, entry.guid, entry.headers)
-      } else if (typeof entry.payload === 'string') {
-        this._native.publishText(entry.subject, entry.payload, token, entry.guid)
       } else {
-        this._native.publish(entry.subject, entry.payload, token, entry.guid)
+        this._packPublish(entry, token)
       }
     } catch (err) {
       const error = fromNative(err)
@@ -212,6 +228,59 @@ class Stan extends EventEmitter {
       queueMicrotask(this._flushPublishes)
     }
     return true
+  }
+
+  /** Adds a publish to this tick's pack; throws as the native side would. */
+  _packPublish (entry, token) {
+    let channel = this._channels.get(entry.subject)
+    if (channel === undefined) {
+      if (this._channels.size >= MAX_CHANNELS) {
+        this._flushPack()
+        this._channels.clear()
+        this._native.forgetChannels()
+      }
+      const [index, envelope] = this._native.registerChannel(entry.subject)
+      channel = { index, envelope }
+      this._channels.set(entry.subject, channel)
+    }
+    const payload = entry.payload
+    const text = typeof payload === 'string'
+    const length = text ? Buffer.byteLength(payload) : payload.byteLength
+    if (this._maxPayload === 0) this._maxPayload = this._native.maxPayload()
+    if (length + channel.envelope > this._maxPayload) {
+      throw stanError('MAX_PAYLOAD', `stan: payload of ${length} bytes exceeds the server's max_payload of ${Math.max(0, this._maxPayload - channel.envelope)} bytes`)
+    }
+    const at = this._packUsed
+    const end = at + GUID_LENGTH + length
+    if (end > this._pack.length) {
+      const grown = Buffer.allocUnsafe(Math.max(2 * this._pack.length, end))
+      this._pack.copy(grown, 0, 0, at)
+      this._pack = grown
+    }
+    this._pack.write(entry.guid, at, GUID_LENGTH, 'latin1')
+    if (text) this._pack.write(payload, at + GUID_LENGTH, length, 'utf8')
+    else this._pack.set(payload, at + GUID_LENGTH)
+    const meta = this._packMeta
+    const slot = 4 * this._packCount
+    meta[slot] = channel.index
+    meta[slot + 1] = token
+    meta[slot + 2] = at
+    meta[slot + 3] = length
+    this._packUsed = end
+    if (++this._packCount === PACK_PUBLISHES) this._flushPack()
+  }
+
+  _flushPack () {
+    if (this._packCount === 0) return
+    const count = this._packCount
+    const used = this._packUsed
+    this._packCount = 0
+    this._packUsed = 0
+    // A connection that closed meanwhile fails the pending callbacks itself.
+    if (this._state >= CLOSING) return
+    try {
+      this._native.publishPacked(this._pack.subarray(0, used), this._packMeta.subarray(0, 4 * count))
+    } catch {}
   }
 
   _sendWaiting () {
@@ -249,6 +318,8 @@ class Stan extends EventEmitter {
       return sub
     }
     this._subs.set(sid, sub)
+    // Publishes made before it reach the server first, as they were made first.
+    this._flushPack()
     if (this._state === CONNECTED) sub._start(this._native)
     return sub
   }
@@ -297,7 +368,9 @@ class Stan extends EventEmitter {
    */
   close () {
     if (this._state >= CLOSING) return this._whenClosed
-    // Acks made in this tick (say, just before close() in a handler) go first.
+    // Publishes and acks made in this tick (say, just before close() in a
+    // handler) go first.
+    this._flushPack()
     for (const sub of this._subs.values()) sub._sendAcks()
     this._state = CLOSING
     this._failPending(closedError())
@@ -347,6 +420,7 @@ class Stan extends EventEmitter {
       case 'connect':
         if (this._state !== CONNECTING) return
         this._state = CONNECTED
+        this._maxPayload = this._native.maxPayload()
         Object.assign(this, this._native.protocolSubjects() ?? {})
         for (const sub of this._subs.values()) sub._start(this._native)
         this._sendWaiting()

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Float64Array, Function, Uint8Array, Unknown};
+use napi::bindgen_prelude::{Float64Array, Function, Uint32Array, Uint8Array, Unknown};
 use napi_derive::napi;
 
 use crate::error::{ErrorCode, JetstanError, Result};
@@ -50,31 +50,36 @@ impl Connection {
         Ok(Connection { session })
     }
 
-    /// Queues a publish; its outcome arrives through `poll()` under `token`.
-    /// `guid` becomes the `Nats-Msg-Id`, so a retried publish is stored once.
+    /// Checks a channel once; packed publishes then name it by the returned
+    /// index. Returns `[index, bytes a publish on it adds to its payload]`.
     #[napi(catch_unwind)]
-    pub fn publish(
-        &self,
-        subject: String,
-        data: Uint8Array,
-        token: u32,
-        guid: String,
-    ) -> napi::Result<(), ErrorCode> {
-        self.publish_bytes(subject, &data, token, guid)
+    pub fn register_channel(&self, channel: String) -> napi::Result<Vec<u32>, ErrorCode> {
+        let (index, envelope) = self.session.register_channel(channel)?;
+        Ok(vec![index, envelope as u32])
     }
 
-    /// `publish` for string data. A separate entry point rather than an
-    /// `Either`: napi checks an `Either`'s variants in turn and builds an
-    /// error message for every miss, which cost more than the publish itself.
     #[napi(catch_unwind)]
-    pub fn publish_text(
+    pub fn forget_channels(&self) {
+        self.session.forget_channels()
+    }
+
+    /// A tick's publishes without headers in one call: `data` holds each
+    /// one's guid (22 characters) and payload back to back, `meta` four
+    /// numbers per publish (channel index, token, guid offset, payload
+    /// length). Outcomes arrive through `poll()` under each token.
+    #[napi(catch_unwind)]
+    pub fn publish_packed(
         &self,
-        subject: String,
-        data: String,
-        token: u32,
-        guid: String,
+        data: Uint8Array,
+        meta: Uint32Array,
     ) -> napi::Result<(), ErrorCode> {
-        self.publish_bytes(subject, data.as_bytes(), token, guid)
+        Ok(self.session.publish_packed(&data, &meta)?)
+    }
+
+    /// The server's max_payload (0 before the first connect).
+    #[napi(catch_unwind)]
+    pub fn max_payload(&self) -> u32 {
+        self.session.max_payload().min(u32::MAX as usize) as u32
     }
 
     /// `publish` with application headers (JetStream): `headers` is
@@ -96,16 +101,6 @@ impl Connection {
         Ok(self
             .session
             .publish(subject, &data, token, guid, Some(pairs))?)
-    }
-
-    fn publish_bytes(
-        &self,
-        subject: String,
-        payload: &[u8],
-        token: u32,
-        guid: String,
-    ) -> napi::Result<(), ErrorCode> {
-        Ok(self.session.publish(subject, payload, token, guid, None)?)
     }
 
     /// Sends the publishes made since the last flush to the session task.

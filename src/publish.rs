@@ -47,11 +47,18 @@ const MIN_BATCH: usize = 4;
 pub struct PublishRequest {
     pub token: u32,
     pub channel: Subject,
-    pub guid: String,
+    /// ASCII (a NUID), checked where the publish enters.
+    pub guid: Bytes,
     pub payload: Bytes,
     /// The application's headers (JetStream only), rarely set: boxed so the
     /// common publish stays small.
     pub headers: Option<Box<Vec<(String, String)>>>,
+}
+
+impl PublishRequest {
+    pub fn guid(&self) -> &str {
+        std::str::from_utf8(&self.guid).unwrap_or_default()
+    }
 }
 
 /// One publish as it goes on the wire.
@@ -791,7 +798,7 @@ mod tests {
             headers: None,
             token,
             channel: Subject::from(channel),
-            guid: format!("guid-{token}"),
+            guid: Bytes::from(format!("guid-{token}")),
             payload: Bytes::from_static(b"data"),
         }
     }

@@ -44,6 +44,8 @@ const ACK_BATCH: usize = 1024;
 /// writes the first of a long tick while JS makes the rest (measured: 256
 /// gave 10 % more than holding a whole tick of 1,024).
 const HELD_PUBLISHES: usize = 256;
+/// A guid is a NUID: 22 ASCII letters and digits.
+const GUID_LEN: usize = 22;
 
 const CONNECTING: u8 = 0;
 const OPEN: u8 = 1;
@@ -272,6 +274,9 @@ pub struct Session {
     /// Only the JS thread touches it; the lock (never contended) is what
     /// lets napi's async methods borrow the connection.
     held: parking_lot::Mutex<Vec<PublishRequest>>,
+    /// Channels packed publishes name by index, each with what a publish on
+    /// it adds to its payload on the wire. JS thread only, as `held`.
+    channels: parking_lot::Mutex<Vec<(Subject, usize)>>,
     envelope: fn(&ConnectOptions, &str, &str) -> usize,
     headers: bool,
 }
@@ -315,6 +320,7 @@ impl Session {
             commands,
             shared,
             held: parking_lot::Mutex::new(Vec::new()),
+            channels: parking_lot::Mutex::new(Vec::new()),
             envelope: P::envelope,
             headers: P::HEADERS,
         })
@@ -338,6 +344,81 @@ impl Session {
         if !held.is_empty() {
             let _ = self.commands.send(Command::Publish(held));
         }
+    }
+
+    /// Checks `channel` once for the packed publishes that name it by the
+    /// returned index; also returns what a publish on it adds to its payload
+    /// on the wire, which JS checks against `max_payload`.
+    pub fn register_channel(&self, channel: String) -> Result<(u32, usize)> {
+        validate_channel(&channel)?;
+        let envelope = (self.envelope)(&self.shared.options, &channel, "NUIDNUIDNUIDNUIDNUIDNU");
+        let mut channels = self.channels.lock();
+        channels.push((Subject::from(channel), envelope));
+        Ok(((channels.len() - 1) as u32, envelope))
+    }
+
+    /// JS starts its channel indexes again (it keeps a bounded number).
+    pub fn forget_channels(&self) {
+        self.channels.lock().clear();
+    }
+
+    /// Publishes without headers, packed by JS: `data` holds each one's guid
+    /// and payload back to back; `meta` four numbers per publish: channel
+    /// index, token, offset of its guid in `data`, payload length. The bytes
+    /// are copied once and each payload is a slice of the copy. JS checked
+    /// each publish; one that fails the same checks here fails its callback.
+    pub fn publish_packed(&self, data: &[u8], meta: &[u32]) -> Result<()> {
+        if !self.shared.is_open() {
+            return Err(JetstanError::closed());
+        }
+        let data = Bytes::copy_from_slice(data);
+        let max_payload = self.shared.max_payload.load(Ordering::Relaxed);
+        let mut refused = Vec::new();
+        let (mut published, mut bytes) = (0u64, 0u64);
+        {
+            let channels = self.channels.lock();
+            let mut held = self.held.lock();
+            for publish in meta.chunks_exact(4) {
+                let (index, token) = (publish[0] as usize, publish[1]);
+                let (at, length) = (publish[2] as usize, publish[3] as usize);
+                let end = at + GUID_LEN + length;
+                let guid = data.get(at..at + GUID_LEN).unwrap_or_default();
+                let Some((channel, envelope)) = channels.get(index) else {
+                    refused.push((token, bad_pack("names no channel")));
+                    continue;
+                };
+                if end > data.len() || !guid.iter().all(u8::is_ascii_alphanumeric) {
+                    refused.push((token, bad_pack("is out of bounds")));
+                    continue;
+                }
+                if length + envelope > max_payload {
+                    refused.push((token, oversize(length, max_payload, *envelope)));
+                    continue;
+                }
+                held.push(PublishRequest {
+                    token,
+                    channel: channel.clone(),
+                    guid: data.slice(at..at + GUID_LEN),
+                    payload: data.slice(at + GUID_LEN..end),
+                    headers: None,
+                });
+                published += 1;
+                bytes += length as u64;
+            }
+        }
+        if !refused.is_empty() {
+            self.shared
+                .outbox
+                .push_publish_results(&mut Vec::new(), &mut refused);
+        }
+        self.shared
+            .published
+            .fetch_add(published, Ordering::Relaxed);
+        self.shared
+            .published_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.flush();
+        Ok(())
     }
 
     /// Queues a publish whose `Nats-Msg-Id` is `guid`. Fails synchronously
@@ -371,21 +452,14 @@ impl Session {
                 .sum::<usize>();
         }
         if payload.len() + envelope > max_payload {
-            return Err(JetstanError::new(
-                ErrorCode::MaxPayload,
-                format!(
-                    "stan: payload of {} bytes exceeds the server's max_payload of {} bytes",
-                    payload.len(),
-                    max_payload.saturating_sub(envelope)
-                ),
-            ));
+            return Err(oversize(payload.len(), max_payload, envelope));
         }
         let held = {
             let mut held = self.held.lock();
             held.push(PublishRequest {
                 token,
                 channel: Subject::from(channel),
-                guid,
+                guid: Bytes::from(guid),
                 payload: Bytes::copy_from_slice(payload),
                 headers: headers.map(Box::new),
             });
@@ -403,6 +477,10 @@ impl Session {
 
     pub fn protocol_subjects(&self) -> Option<ProtocolSubjects> {
         self.shared.subjects.get().cloned()
+    }
+
+    pub fn max_payload(&self) -> usize {
+        self.shared.max_payload.load(Ordering::Relaxed)
     }
 
     /// Messages and payload bytes published so far, and how many of them
@@ -541,6 +619,20 @@ struct SubEntry {
     /// Cleared on unsubscribe/close, so the durable can be taken again at once.
     durable: Option<String>,
     task: JoinHandle<()>,
+}
+
+fn oversize(length: usize, max_payload: usize, envelope: usize) -> JetstanError {
+    JetstanError::new(
+        ErrorCode::MaxPayload,
+        format!(
+            "stan: payload of {length} bytes exceeds the server's max_payload of {} bytes",
+            max_payload.saturating_sub(envelope)
+        ),
+    )
+}
+
+fn bad_pack(what: &str) -> JetstanError {
+    JetstanError::new(ErrorCode::BadData, format!("stan: a packed publish {what}"))
 }
 
 /// Whether publishes may go out as fast-ingest batches on this server.

@@ -192,7 +192,7 @@ impl Protocol for JetStream {
                 headers.append(name.as_str(), value.as_str());
             }
         }
-        headers.insert("Nats-Msg-Id", publish.guid.as_str());
+        headers.insert("Nats-Msg-Id", publish.guid());
         Frame {
             subject: publish.channel.clone(),
             reply: reply.into(),

@@ -186,7 +186,7 @@ impl Protocol for Stan {
         let routes = &live.routes;
         let message = PubMsg {
             client_id: routes.client_id.clone(),
-            guid: publish.guid.clone(),
+            guid: publish.guid().to_string(),
             subject: publish.channel.to_string(),
             reply: String::new(),
             data: publish.payload.clone(),

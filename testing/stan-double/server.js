@@ -145,19 +145,23 @@ class StanDouble {
   /**
    * Test knob (§11.2): the next frame of `type` (a reply or a MsgProto) is
    * replaced: `{ raw }` sends those bytes instead (malformed frames),
-   * `{ error }` sets its error field, `{ silent: true }` drops it.
+   * `{ error }` sets its error field, `{ silent: true }` drops it. With
+   * `clientID`, only a close response to that client is replaced (other
+   * clients' frames pass as they are).
    */
   injectNext (type, fault) {
     this.faults.set(type, fault)
   }
 
-  _reply (msg, type, body) {
-    if (msg.reply) this._sendFrame(msg.reply, type, body)
+  _reply (msg, type, body, clientID) {
+    if (msg.reply) this._sendFrame(msg.reply, type, body, clientID)
   }
 
-  _sendFrame (subject, type, body) {
+  _sendFrame (subject, type, body, clientID) {
     const fault = this.faults.get(type)
-    if (fault === undefined) return this.nc.publish(subject, encode(type, body))
+    if (fault === undefined || (fault.clientID !== undefined && fault.clientID !== clientID)) {
+      return this.nc.publish(subject, encode(type, body))
+    }
     this.faults.delete(type)
     if (fault.silent) return
     this.nc.publish(subject, fault.raw ?? encode(type, { ...body, error: fault.error }))
@@ -588,7 +592,7 @@ class StanDouble {
     const client = this.clients.get(req.clientID)
     if (client === undefined) return this._reply(msg, 'CloseResponse', { error: STAN_ERRORS.UNKNOWN_CLIENT })
     this._dropClient(client)
-    this._reply(msg, 'CloseResponse', {})
+    this._reply(msg, 'CloseResponse', {}, req.clientID)
   }
 }
 
