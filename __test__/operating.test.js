@@ -98,6 +98,18 @@ describe('trace context through the typed bus', () => {
     try {
       const sc = await connect()
       const subject = unique('traced')
+      // The consumer span ends just after the handler's promise settles:
+      // wait for its export rather than for the handler.
+      let consumerEnded
+      const consumerExported = new Promise((resolve, reject) => {
+        consumerEnded = resolve
+        setTimeout(() => reject(new Error('consumer span not exported within 10 s')), 10000).unref()
+      })
+      const exportSpans = exporter.export.bind(exporter)
+      exporter.export = (spans, callback) => {
+        exportSpans(spans, callback)
+        if (spans.some((span) => span.name === `process ${subject}`)) consumerEnded()
+      }
       let seenInHandler
       let handled
       const done = new Promise((resolve) => { handled = resolve })
@@ -117,6 +129,7 @@ describe('trace context through the typed bus', () => {
         return span.spanContext().traceId
       })
       await done
+      await consumerExported
       assert.equal(seenInHandler?.traceId, traceId)
       const spans = exporter.getFinishedSpans()
       const producer = spans.find((s) => s.name === `publish ${subject}`)

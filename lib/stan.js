@@ -97,8 +97,13 @@ class Stan extends EventEmitter {
     this._flushPublishes = () => {
       this._flushQueued = false
       this._flushPack()
-      this._native.flush()
+      if (this._nativeHolds) {
+        this._nativeHolds = false
+        this._native.flush()
+      }
     }
+    // A publish with headers is held on the native side until flushed.
+    this._nativeHolds = false
     this._channels = new Map()
     this._maxPayload = 0
     this._pack = Buffer.allocUnsafe(64 * 1024)
@@ -213,6 +218,7 @@ class Stan extends EventEmitter {
         this._flushPack()
         const bytes = typeof entry.payload === 'string' ? Buffer.from(entry.payload) : entry.payload
         this._native.publishWithHeaders(entry.subject, bytes, token, entry.guid, entry.headers)
+        this._nativeHolds = true
       } else {
         this._packPublish(entry, token)
       }
