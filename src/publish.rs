@@ -33,6 +33,7 @@ use crate::error::{text, ErrorCode, JetstanError, Result};
 use crate::id_map::IdMap;
 use crate::jetstream::fast_ingest::{self, Op, Reading};
 use crate::outbox::Outbox;
+use crate::subject::push_decimal;
 
 /// How soon a publish nobody took (no responders: a stream electing a
 /// leader, deleted, or a server not yet subscribed) is sent again.
@@ -771,21 +772,10 @@ async fn write(client: Client, frames: Frames) -> Vec<(u32, JetstanError)> {
 /// `<prefix>.<token>` without the `fmt` machinery, which showed in profiles
 /// of the publish path.
 pub fn reply_subject(prefix: &str, token: u32) -> String {
-    let mut digits = [0u8; 10];
-    let mut start = digits.len();
-    let mut rest = token;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let mut reply = String::with_capacity(prefix.len() + 1 + digits.len() - start);
+    let mut reply = String::with_capacity(prefix.len() + 11);
     reply.push_str(prefix);
     reply.push('.');
-    reply.extend(digits[start..].iter().map(|&digit| char::from(digit)));
+    push_decimal(&mut reply, u64::from(token));
     reply
 }
 

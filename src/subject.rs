@@ -93,6 +93,22 @@ pub fn validate_names(cluster_id: &str, client_id: &str) -> Result<()> {
     validate_client_id(client_id)
 }
 
+/// Appends `value` in decimal, without the `fmt` machinery (reply subjects
+/// are built per publish).
+pub fn push_decimal(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend(digits[start..].iter().map(|&digit| char::from(digit)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

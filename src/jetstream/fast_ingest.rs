@@ -10,6 +10,7 @@
 use serde::Deserialize;
 
 use crate::error::{ErrorCode, JetstanError};
+use crate::subject::push_decimal;
 
 /// How often the server acks within a batch. A batch ends with the write
 /// that carries it, so this only matters for batches longer than it.
@@ -54,20 +55,6 @@ pub fn reply(prefix: &str, tag: &str, batch: u32, seq: u64, op: Op) -> String {
     reply.push('.');
     reply.push_str(MARK);
     reply
-}
-
-fn push_decimal(out: &mut String, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend(digits[start..].iter().map(|&digit| char::from(digit)));
 }
 
 /// The batch and batch sequence a frame on `rest` (its subject after the
