@@ -72,6 +72,22 @@ describe('publish', () => {
     assert.equal(messages[4].getRawData().length, 0)
   })
 
+  test('publishes made together, mixed and large, arrive byte for byte and in order', async () => {
+    const sc = await ctx.connect({ stanEncoding: 'binary' })
+    const channel = unique('mixed')
+    const sub = sc.subscribe(channel, sc.subscriptionOptions().setDeliverAllAvailable())
+    await once(sub, 'ready')
+    // Past the pack's 1 MiB, and strings with multi-byte characters between.
+    const sent = [
+      Buffer.alloc(700 * 1024, 1), 'ünïcødé ✓', Buffer.alloc(700 * 1024, 2), new Uint8Array([3, 4]),
+      Buffer.alloc(900 * 1024, 5), '', 'end'
+    ]
+    const received = collect(sub, sent.length, { timeoutMs: 20000 })
+    await Promise.all(sent.map((data) => publish(sc, channel, data)))
+    const messages = await received
+    assert.deepEqual(messages.map((m) => Buffer.from(m.getRawData())), sent.map((data) => Buffer.from(data)))
+  })
+
   test('uses an existing stream that captures the subject instead of creating one', async () => {
     const sc = await ctx.connect()
     const prefix = unique('shop')
@@ -127,6 +143,26 @@ describe('bad publish input leaves the connection usable', () => {
       assert.match(await publish(sc, unique('after'), 'still works'), /^[0-9A-Za-z]{22}$/)
     })
   }
+
+  test('a pack of publishes the native side refuses fails their callbacks on the next tick; later ones go through', async () => {
+    const sc = await ctx.connect()
+    const channel = unique('refused-pack')
+    const packed = sc._native.publishPacked.bind(sc._native)
+    sc._native.publishPacked = () => { throw Object.assign(new Error('stan: a packed publish is out of bounds'), { code: 'BAD_DATA' }) }
+    let returned = false
+    const errors = Promise.all([1, 2, 3].map((i) => new Promise((resolve) => {
+      sc.publish(channel, `m${i}`, (err) => resolve({ err, afterReturn: returned }))
+    })))
+    returned = true
+    const results = await Promise.race([errors, new Promise((resolve, reject) => {
+      setTimeout(() => reject(new Error('the refused publishes got no callback within 10 s')), 10000).unref()
+    })])
+    assert.deepEqual(results.map(({ err }) => err?.code), ['BAD_DATA', 'BAD_DATA', 'BAD_DATA'])
+    assert.ok(results.every(({ afterReturn }) => afterReturn))
+    sc._native.publishPacked = packed
+    assert.match(await publish(sc, channel, 'still works'), /^[0-9A-Za-z]{22}$/)
+    assert.equal(sc.stats().publishesPending, 0)
+  })
 
   test('a bad subject without a callback throws BAD_SUBJECT', async () => {
     const sc = await ctx.connect()

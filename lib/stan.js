@@ -17,6 +17,9 @@ const CLOSED = 3
 // this many publishes, so the session task writes the head of a long tick
 // while JS makes the rest.
 const PACK_PUBLISHES = 256
+// ... or this many bytes; a pack buffer grown past twice this for large
+// payloads is let go once sent.
+const PACK_BYTES = 1024 * 1024
 // Channels registered with the native side at most, before starting again.
 const MAX_CHANNELS = 4096
 // A guid is a NUID.
@@ -273,7 +276,7 @@ class Stan extends EventEmitter {
     meta[slot + 2] = at
     meta[slot + 3] = length
     this._packUsed = end
-    if (++this._packCount === PACK_PUBLISHES) this._flushPack()
+    if (++this._packCount === PACK_PUBLISHES || end >= PACK_BYTES) this._flushPack()
   }
 
   _flushPack () {
@@ -286,7 +289,21 @@ class Stan extends EventEmitter {
     if (this._state >= CLOSING) return
     try {
       this._native.publishPacked(this._pack.subarray(0, used), this._packMeta.subarray(0, 4 * count))
-    } catch {}
+      if (this._pack.length > 2 * PACK_BYTES) this._pack = Buffer.allocUnsafe(64 * 1024)
+    } catch (err) {
+      // The native side closed under us or refused the pack: each callback
+      // gets the error, on the next tick as publish errors always do.
+      const error = fromNative(err)
+      for (let i = 0; i < count; i++) {
+        const token = this._packMeta[4 * i + 1]
+        const entry = this._pending.get(token)
+        if (entry === undefined) continue
+        this._pending.delete(token)
+        if (entry.cb !== undefined) process.nextTick(entry.cb, error, entry.guid)
+      }
+      if (this._waiting.length > 0) process.nextTick(() => this._sendWaiting())
+      this._notifySettled()
+    }
   }
 
   _sendWaiting () {
