@@ -52,17 +52,11 @@ async function traced (subject, withHeaders, send) {
     api.propagation.inject(api.trace.setSpan(api.context.active(), span), headers, headerSetter)
     if (Object.keys(headers).length === 0) headers = undefined
   }
-  try {
+  return within(span, async () => {
     const guid = await send(headers)
     span.setAttribute('messaging.message.id', guid)
     return guid
-  } catch (err) {
-    span.recordException(err)
-    span.setStatus({ code: api.SpanStatusCode.ERROR, message: err.message })
-    throw err
-  } finally {
-    span.end()
-  }
+  })
 }
 
 /** Runs `handle()` inside a consumer span, child of the context the message carries. */
@@ -80,8 +74,13 @@ async function handled (subject, group, msg, handle) {
       'messaging.message.id': String(msg.getSequence())
     }
   }, parent)
+  return within(span, () => api.context.with(api.trace.setSpan(parent, span), handle))
+}
+
+/** Runs `work`, recording on `span` how it ended, then ends the span. */
+async function within (span, work) {
   try {
-    return await api.context.with(api.trace.setSpan(parent, span), handle)
+    return await work()
   } catch (err) {
     span.recordException(err)
     span.setStatus({ code: api.SpanStatusCode.ERROR, message: err.message })
