@@ -151,6 +151,35 @@ test('a close the server refuses passes its error to close, as 0.3.2 does', asyn
   assert.equal(err.message, 'stan: unknown clientID')
 })
 
+test('a refused close whose error and close come in separate polls still passes its error to close', async () => {
+  const clientID = unique('split-close')
+  const sc = await connect({}, clientID)
+  // The native side pushes the error, then the close: a poll may fall between.
+  const poll = sc._native.poll.bind(sc._native)
+  let rest = null
+  sc._native.poll = () => {
+    if (rest !== null) {
+      const next = rest
+      rest = null
+      return next
+    }
+    const got = poll()
+    const at = got.events.findIndex((event) => event.kind === 'close')
+    if (at > 0 && got.events.some((event) => event.kind === 'close_error')) {
+      rest = { events: got.events.slice(at), deliveries: [], acked: new Uint32Array(0), failed: [] }
+      setImmediate(() => sc._onWake())
+      return { ...got, events: got.events.slice(0, at) }
+    }
+    return got
+  }
+  double.injectNext('CloseResponse', { error: 'stan: unknown clientID', clientID })
+  const closed = once(sc, 'close', { rejectOnError: false })
+  sc.close()
+  const err = await closed
+  assert.equal(err?.code, 'SERVER_ERROR')
+  assert.equal(err.message, 'stan: unknown clientID')
+})
+
 test('a server that forgot the client answers pings with an error: connection_lost with its text, then close', async () => {
   const clientID = unique('forgotten')
   const sc = await connect({ stanPingInterval: 1000 }, clientID)

@@ -92,6 +92,7 @@ class Stan extends EventEmitter {
     this.stanMaxPingOut = options.stanMaxPingOut
     this._stats = { msgsIn: 0, bytesIn: 0, redelivered: 0, acked: 0, reconnects: 0 }
     this._settledListeners = []
+    this._closeError = undefined
     // Publishes cross to the native side packed, once per tick (or every
     // PACK_PUBLISHES): one call and one copy for all of them, channels named
     // by an index registered once, one wake of the session task, and one
@@ -413,10 +414,10 @@ class Stan extends EventEmitter {
   _onWake () {
     const poll = this._native.poll()
     let closed = false
-    let closeError
     for (const event of poll.events) {
       if (event.kind === 'close') closed = true
-      else if (event.kind === 'close_error') closeError = fromNative(event)
+      // Kept across polls: the close may come in the next one.
+      else if (event.kind === 'close_error') this._closeError = fromNative(event)
       else guarded(() => this._onEvent(event))
     }
     for (const delivery of poll.deliveries) {
@@ -424,7 +425,7 @@ class Stan extends EventEmitter {
       if (sub !== undefined && !sub._closed) guarded(() => sub._deliver(delivery.data, delivery.meta, delivery.headerIndex, delivery.headerText))
     }
     this._settle(poll.acked, poll.failed)
-    if (closed) this._onClosed(closeError)
+    if (closed) this._onClosed(this._closeError)
   }
 
   /**
