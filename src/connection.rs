@@ -100,7 +100,7 @@ impl Connection {
         }
         Ok(self
             .session
-            .publish(subject, &data, token, guid, Some(pairs))?)
+            .publish_with_headers(subject, &data, token, guid, pairs)?)
     }
 
     /// Sends the publishes made since the last flush to the session task.

@@ -287,11 +287,18 @@ impl Publisher {
         now: Instant,
         resolve: &impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>,
     ) {
-        if let Some(entry) = self.in_flight.get_mut(&token) {
-            entry.attempt += 1;
-            entry.alone = true;
+        if self.second_attempt(token).is_some() {
             self.dispatch(token, now, resolve);
         }
+    }
+
+    /// Marks another attempt of a publish still in flight, which goes alone;
+    /// returns its attempt number.
+    fn second_attempt(&mut self, token: u32) -> Option<u32> {
+        let entry = self.in_flight.get_mut(&token)?;
+        entry.attempt += 1;
+        entry.alone = true;
+        Some(entry.attempt)
     }
 
     /// After a reconnect, where the server deduplicates: whatever was in
@@ -435,10 +442,7 @@ impl Publisher {
         if !lost.is_empty() {
             let now = Instant::now();
             for token in lost {
-                if let Some(entry) = self.in_flight.get_mut(&token) {
-                    entry.attempt += 1;
-                    entry.alone = true;
-                    let attempt = entry.attempt;
+                if let Some(attempt) = self.second_attempt(token) {
                     self.queue(token, attempt, now);
                 }
             }

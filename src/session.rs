@@ -421,36 +421,35 @@ impl Session {
         Ok(())
     }
 
-    /// Queues a publish whose `Nats-Msg-Id` is `guid`. Fails synchronously
-    /// on a closed connection, a bad subject or an oversize payload, leaving
-    /// the connection usable.
-    pub fn publish(
+    /// Queues a publish with the application's headers (the others come
+    /// packed); `Nats-Msg-Id` is `guid`. Fails synchronously on a closed
+    /// connection, a bad subject or an oversize payload, leaving the
+    /// connection usable.
+    pub fn publish_with_headers(
         &self,
         channel: String,
         payload: &[u8],
         token: u32,
         guid: String,
-        headers: Option<Vec<(String, String)>>,
+        headers: Vec<(String, String)>,
     ) -> Result<()> {
         if !self.shared.is_open() {
             return Err(JetstanError::closed());
         }
         validate_channel(&channel)?;
+        if !self.headers {
+            return Err(JetstanError::new(
+                ErrorCode::BadOption,
+                "stan: headers need the jetstream backend; STAN messages carry none",
+            ));
+        }
         let max_payload = self.shared.max_payload.load(Ordering::Relaxed);
-        let mut envelope = (self.envelope)(&self.shared.options, &channel, &guid);
-        if let Some(headers) = &headers {
-            if !self.headers {
-                return Err(JetstanError::new(
-                    ErrorCode::BadOption,
-                    "stan: headers need the jetstream backend; STAN messages carry none",
-                ));
-            }
-            // `Name: value\r\n` each.
-            envelope += headers
+        // `Name: value\r\n` each.
+        let envelope = (self.envelope)(&self.shared.options, &channel, &guid)
+            + headers
                 .iter()
                 .map(|(name, value)| name.len() + value.len() + 4)
                 .sum::<usize>();
-        }
         if payload.len() + envelope > max_payload {
             return Err(oversize(payload.len(), max_payload, envelope));
         }
@@ -461,7 +460,7 @@ impl Session {
                 channel: Subject::from(channel),
                 guid: Bytes::from(guid),
                 payload: Bytes::copy_from_slice(payload),
-                headers: headers.map(Box::new),
+                headers: Some(Box::new(headers)),
             });
             held.len()
         };
