@@ -235,12 +235,15 @@ export interface NativeEvent {
   message?: string
 }
 
-/** Everything that became ready since the previous poll. */
+/**
+ * Everything that became ready since the previous poll. What a poll does
+ * not carry is absent, so a poll with one ack builds one array, not four.
+ */
 export interface Poll {
-  events: Array<NativeEvent>
-  acked: Uint32Array
-  failed: Array<PublishFailure>
-  deliveries: Array<Delivery>
+  events?: Array<NativeEvent>
+  acked?: Uint32Array
+  failed?: Array<PublishFailure>
+  deliveries?: Array<Delivery>
 }
 
 /**

@@ -164,11 +164,12 @@ test('a refused close whose error and close come in separate polls still passes 
       return next
     }
     const got = poll()
-    const at = got.events.findIndex((event) => event.kind === 'close')
-    if (at > 0 && got.events.some((event) => event.kind === 'close_error')) {
-      rest = { events: got.events.slice(at), deliveries: [], acked: new Uint32Array(0), failed: [] }
+    const events = got.events ?? []
+    const at = events.findIndex((event) => event.kind === 'close')
+    if (at > 0 && events.some((event) => event.kind === 'close_error')) {
+      rest = { events: events.slice(at) }
       setImmediate(() => sc._onWake())
-      return { ...got, events: got.events.slice(0, at) }
+      return { ...got, events: events.slice(0, at) }
     }
     return got
   }

@@ -24,6 +24,8 @@ const PACK_BYTES = 1024 * 1024
 const MAX_CHANNELS = 4096
 // A guid is a NUID.
 const GUID_LENGTH = 22
+const NO_TOKENS = new Uint32Array(0)
+const NO_FAILURES = []
 
 function badData (data) {
   const kind = data === null ? 'null' : Array.isArray(data) ? 'array' : typeof data
@@ -416,19 +418,24 @@ class Stan extends EventEmitter {
   }
 
   _onWake () {
+    // A field the poll has nothing for is absent.
     const poll = this._native.poll()
     let closed = false
-    for (const event of poll.events) {
-      if (event.kind === 'close') closed = true
-      // Kept across polls: the close may come in the next one.
-      else if (event.kind === 'close_error') this._closeError = fromNative(event)
-      else guarded(() => this._onEvent(event))
+    if (poll.events !== undefined) {
+      for (const event of poll.events) {
+        if (event.kind === 'close') closed = true
+        // Kept across polls: the close may come in the next one.
+        else if (event.kind === 'close_error') this._closeError = fromNative(event)
+        else guarded(() => this._onEvent(event))
+      }
     }
-    for (const delivery of poll.deliveries) {
-      const sub = this._subs.get(delivery.sid)
-      if (sub !== undefined && !sub._closed) guarded(() => sub._deliver(delivery.data, delivery.meta, delivery.headerIndex, delivery.headerText))
+    if (poll.deliveries !== undefined) {
+      for (const delivery of poll.deliveries) {
+        const sub = this._subs.get(delivery.sid)
+        if (sub !== undefined && !sub._closed) guarded(() => sub._deliver(delivery.data, delivery.meta, delivery.headerIndex, delivery.headerText))
+      }
     }
-    this._settle(poll.acked, poll.failed)
+    if (poll.acked !== undefined || poll.failed !== undefined) this._settle(poll.acked, poll.failed)
     if (closed) this._onClosed(this._closeError)
   }
 
@@ -494,7 +501,7 @@ class Stan extends EventEmitter {
     }
   }
 
-  _settle (acked, failed) {
+  _settle (acked = NO_TOKENS, failed = NO_FAILURES) {
     for (let i = 0; i < acked.length; i++) {
       const entry = this._pending.get(acked[i])
       if (entry === undefined) continue

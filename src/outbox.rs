@@ -11,9 +11,12 @@
 use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use napi::bindgen_prelude::{Buffer, Float64Array, Uint32Array, Unknown};
+use napi::bindgen_prelude::{
+    Buffer, BufferSlice, Float64Array, Float64ArraySlice, ToNapiValue, Uint32Array,
+    Uint32ArraySlice, Unknown,
+};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
-use napi::Status;
+use napi::{sys, Env, Status};
 use napi_derive::napi;
 use parking_lot::Mutex;
 
@@ -213,60 +216,119 @@ pub struct PublishFailure {
     pub message: String,
 }
 
-#[napi(object)]
+#[napi(object, object_from_js = false)]
 pub struct Delivery {
     pub sid: u32,
-    pub data: Buffer,
-    pub meta: Float64Array,
+    #[napi(ts_type = "Buffer")]
+    pub data: ToJs<u8>,
+    #[napi(ts_type = "Float64Array")]
+    pub meta: ToJs<f64>,
     /// Which messages have headers, and theirs (`headerText[k]` belongs to
     /// message `headerIndex[k]`); absent when none has.
-    pub header_index: Option<Uint32Array>,
+    #[napi(ts_type = "Uint32Array")]
+    pub header_index: Option<ToJs<u32>>,
     pub header_text: Option<Vec<String>>,
 }
 
-/// Everything that became ready since the previous poll.
-#[napi(object)]
+/// Everything that became ready since the previous poll. What a poll does
+/// not carry is absent, so a poll with one ack builds one array, not four.
+#[napi(object, object_from_js = false)]
 pub struct Poll {
-    pub events: Vec<NativeEvent>,
-    pub acked: Uint32Array,
-    pub failed: Vec<PublishFailure>,
-    pub deliveries: Vec<Delivery>,
+    pub events: Option<Vec<NativeEvent>>,
+    #[napi(ts_type = "Uint32Array")]
+    pub acked: Option<ToJs<u32>>,
+    pub failed: Option<Vec<PublishFailure>>,
+    pub deliveries: Option<Vec<Delivery>>,
+}
+
+/// Numbers or bytes for JS, copied into memory V8 owns while small. An
+/// external buffer costs a weak handle, a finalizer and a `Buffer`
+/// prototype each, which was a tenth of the JS thread's time at a few
+/// messages per wake; a copy of a few KiB costs less.
+pub struct ToJs<T>(Vec<T>);
+
+/// Above this many bytes, handing the allocation over beats copying it.
+const COPY_BELOW: usize = 16 * 1024;
+
+impl<T> ToJs<T> {
+    fn copied(&self) -> bool {
+        mem::size_of_val(self.0.as_slice()) < COPY_BELOW
+    }
+}
+
+impl ToNapiValue for ToJs<u8> {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        if !val.copied() {
+            return Buffer::to_napi_value(env, Buffer::from(val.0));
+        }
+        let copy = BufferSlice::copy_from(&Env::from_raw(env), &val.0)?;
+        ToNapiValue::to_napi_value(env, &copy)
+    }
+}
+
+impl ToNapiValue for ToJs<u32> {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        if !val.copied() {
+            return Uint32Array::to_napi_value(env, Uint32Array::new(val.0));
+        }
+        let copy = Uint32ArraySlice::copy_from(&Env::from_raw(env), &val.0)?;
+        ToNapiValue::to_napi_value(env, copy)
+    }
+}
+
+impl ToNapiValue for ToJs<f64> {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        if !val.copied() {
+            return Float64Array::to_napi_value(env, Float64Array::new(val.0));
+        }
+        let copy = Float64ArraySlice::copy_from(&Env::from_raw(env), &val.0)?;
+        ToNapiValue::to_napi_value(env, copy)
+    }
+}
+
+/// `None` for an empty list, so JS finds the field absent.
+fn present<T>(items: Vec<T>) -> Option<Vec<T>> {
+    (!items.is_empty()).then_some(items)
 }
 
 impl From<Pending> for Poll {
     fn from(pending: Pending) -> Self {
         Poll {
-            events: pending.events.into_iter().map(NativeEvent::from).collect(),
-            acked: Uint32Array::new(pending.acked),
-            failed: pending
-                .failed
-                .into_iter()
-                .map(|(token, err)| PublishFailure {
-                    token,
-                    code: err.code.as_str().to_string(),
-                    message: err.message,
-                })
-                .collect(),
-            deliveries: pending
-                .deliveries
-                .into_iter()
-                .map(|(sid, batch)| {
-                    let (header_index, header_text) = if batch.headers.is_empty() {
-                        (None, None)
-                    } else {
-                        let (index, text): (Vec<u32>, Vec<String>) =
-                            batch.headers.into_iter().unzip();
-                        (Some(Uint32Array::new(index)), Some(text))
-                    };
-                    Delivery {
-                        sid,
-                        data: Buffer::from(batch.data),
-                        meta: Float64Array::new(batch.meta),
-                        header_index,
-                        header_text,
-                    }
-                })
-                .collect(),
+            events: present(pending.events.into_iter().map(NativeEvent::from).collect()),
+            acked: present(pending.acked).map(ToJs),
+            failed: present(
+                pending
+                    .failed
+                    .into_iter()
+                    .map(|(token, err)| PublishFailure {
+                        token,
+                        code: err.code.as_str().to_string(),
+                        message: err.message,
+                    })
+                    .collect(),
+            ),
+            deliveries: present(
+                pending
+                    .deliveries
+                    .into_iter()
+                    .map(|(sid, batch)| {
+                        let (header_index, header_text) = if batch.headers.is_empty() {
+                            (None, None)
+                        } else {
+                            let (index, text): (Vec<u32>, Vec<String>) =
+                                batch.headers.into_iter().unzip();
+                            (Some(ToJs(index)), Some(text))
+                        };
+                        Delivery {
+                            sid,
+                            data: ToJs(batch.data),
+                            meta: ToJs(batch.meta),
+                            header_index,
+                            header_text,
+                        }
+                    })
+                    .collect(),
+            ),
         }
     }
 }
