@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Float64Array, Function, Uint32Array, Uint8Array, Unknown};
+use napi::bindgen_prelude::{Function, Unknown};
 use napi_derive::napi;
 
 use crate::error::{ErrorCode, JetstanError, Result};
@@ -68,12 +68,8 @@ impl Connection {
     /// numbers per publish (channel index, token, guid offset, payload
     /// length). Outcomes arrive through `poll()` under each token.
     #[napi(catch_unwind)]
-    pub fn publish_packed(
-        &self,
-        data: Uint8Array,
-        meta: Uint32Array,
-    ) -> napi::Result<(), ErrorCode> {
-        Ok(self.session.publish_packed(&data, &meta)?)
+    pub fn publish_packed(&self, data: &[u8], meta: &[u32]) -> napi::Result<(), ErrorCode> {
+        Ok(self.session.publish_packed(data, meta)?)
     }
 
     /// The server's max_payload (0 before the first connect).
@@ -88,7 +84,7 @@ impl Connection {
     pub fn publish_with_headers(
         &self,
         subject: String,
-        data: Uint8Array,
+        data: &[u8],
         token: u32,
         guid: String,
         headers: Vec<String>,
@@ -100,7 +96,7 @@ impl Connection {
         }
         Ok(self
             .session
-            .publish_with_headers(subject, &data, token, guid, pairs)?)
+            .publish_with_headers(subject, data, token, guid, pairs)?)
     }
 
     /// Sends the publishes made since the last flush to the session task.
@@ -124,22 +120,22 @@ impl Connection {
 
     /// Acks delivered messages by the ack ids of their delivery batch.
     #[napi(catch_unwind)]
-    pub fn ack(&self, sid: u32, ids: Float64Array) {
-        self.settle(sid, &ids, AckKind::Ack);
+    pub fn ack(&self, sid: u32, ids: &[f64]) {
+        self.settle(sid, ids, AckKind::Ack);
     }
 
     /// Settles messages that can never be processed: the server will not
     /// deliver them again.
     #[napi(catch_unwind)]
-    pub fn terminate(&self, sid: u32, ids: Float64Array) {
-        self.settle(sid, &ids, AckKind::Term);
+    pub fn terminate(&self, sid: u32, ids: &[f64]) {
+        self.settle(sid, ids, AckKind::Term);
     }
 
     /// Restarts the ack clocks of messages still being worked on (JetStream's
     /// "in progress"); STAN has no such thing and ignores it.
     #[napi(catch_unwind)]
-    pub fn progress(&self, sid: u32, ids: Float64Array) {
-        self.settle(sid, &ids, AckKind::Progress);
+    pub fn progress(&self, sid: u32, ids: &[f64]) {
+        self.settle(sid, ids, AckKind::Progress);
     }
 
     fn settle(&self, sid: u32, ids: &[f64], kind: AckKind) {
