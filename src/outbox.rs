@@ -266,25 +266,26 @@ impl ToNapiValue for ToJs<u8> {
     }
 }
 
-impl ToNapiValue for ToJs<u32> {
-    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
-        if !val.copied() {
-            return Uint32Array::to_napi_value(env, Uint32Array::new(val.0));
+/// Typed arrays go the way bytes do.
+macro_rules! numbers_to_js {
+    ($element:ty, $owned:ident, $slice:ident) => {
+        impl ToNapiValue for ToJs<$element> {
+            unsafe fn to_napi_value(
+                env: sys::napi_env,
+                val: Self,
+            ) -> napi::Result<sys::napi_value> {
+                if !val.copied() {
+                    return $owned::to_napi_value(env, $owned::new(val.0));
+                }
+                let copy = $slice::copy_from(&Env::from_raw(env), &val.0)?;
+                ToNapiValue::to_napi_value(env, copy)
+            }
         }
-        let copy = Uint32ArraySlice::copy_from(&Env::from_raw(env), &val.0)?;
-        ToNapiValue::to_napi_value(env, copy)
-    }
+    };
 }
 
-impl ToNapiValue for ToJs<f64> {
-    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
-        if !val.copied() {
-            return Float64Array::to_napi_value(env, Float64Array::new(val.0));
-        }
-        let copy = Float64ArraySlice::copy_from(&Env::from_raw(env), &val.0)?;
-        ToNapiValue::to_napi_value(env, copy)
-    }
-}
+numbers_to_js!(u32, Uint32Array, Uint32ArraySlice);
+numbers_to_js!(f64, Float64Array, Float64ArraySlice);
 
 /// `None` for an empty list, so JS finds the field absent.
 fn present<T>(items: Vec<T>) -> Option<Vec<T>> {
