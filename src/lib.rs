@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod connection;
 pub mod deadline;
+pub mod driver;
 pub mod error;
 pub mod id_map;
 pub mod jetstream;
@@ -27,20 +28,25 @@ pub mod session;
 pub mod stan;
 pub mod subject;
 
-/// One tokio worker by default: the JS thread already needs a core of its
-/// own, and keeping the publish, consume and NATS-connection tasks on one
-/// thread turns their wakes into queue pushes instead of cross-core futex
-/// calls. `JETSTAN_WORKER_THREADS` raises it for hosts with cores to spare.
+/// The JS thread runs the runtime from its own event loop (`driver`), so a
+/// round trip wakes no other thread; `JETSTAN_WORKER_THREADS`, or an addon
+/// loaded off the main thread, gets a multi-thread runtime with that many
+/// workers (one by default: the JS thread already needs a core of its own).
 #[napi_derive::module_init]
 fn init_runtime() {
     log::init();
     let workers = std::env::var("JETSTAN_WORKER_THREADS")
         .ok()
         .and_then(|value| value.parse::<usize>().ok())
-        .filter(|&count| count > 0)
-        .unwrap_or(1);
+        .filter(|&count| count > 0);
+    if workers.is_none() {
+        if let Some(runtime) = driver::on_main_loop() {
+            napi::bindgen_prelude::create_custom_tokio_runtime(runtime);
+            return;
+        }
+    }
     match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(workers.unwrap_or(1))
         .thread_name("jetstan-io")
         .enable_all()
         .build()

@@ -315,7 +315,9 @@ impl Session {
             commands: commands.downgrade(),
             span: span.clone(),
         };
-        napi::bindgen_prelude::spawn(run::<P>(ctx, received).instrument(span));
+        napi::bindgen_prelude::spawn(
+            crate::driver::counted(run::<P>(ctx, received)).instrument(span),
+        );
         Ok(Session {
             commands,
             shared,
@@ -692,6 +694,12 @@ impl<P: Protocol> Open<P> {
                 }
                 command = commands.recv() => {
                     let Some(command) = command else { return Ending::Closed };
+                    // JS's commands reach this task without passing the
+                    // reactor, so what the sockets have (a server that
+                    // closed the connection) is read first: an ack is then
+                    // kept for after the reconnect instead of written into
+                    // a connection that is already gone.
+                    tokio::task::yield_now().await;
                     let now = Instant::now();
                     if let Some(ending) = self.handle(command, now) {
                         return ending;
@@ -792,10 +800,10 @@ impl<P: Protocol> Open<P> {
         let run = P::subscribe(&self.live, &self.ctx, &self.client, sid, options, received);
         let ended = self.ended_tx.clone();
         let task = napi::bindgen_prelude::spawn(
-            async move {
+            crate::driver::counted(async move {
                 run.await;
                 let _ = ended.send(sid);
-            }
+            })
             .in_current_span(),
         );
         self.subs.insert(

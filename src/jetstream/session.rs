@@ -126,12 +126,12 @@ impl Protocol for JetStream {
             options.stream_defaults.clone().unwrap_or_default(),
             super::fast_ingest::supported(&client.server_info().version),
         ));
-        let liveness = tokio::spawn(watch_liveness(
+        let liveness = tokio::spawn(crate::driver::counted(watch_liveness(
             ctx.clone(),
             js.clone(),
             options.ping_interval(),
             options.max_ping_out(),
-        ));
+        )));
         Ok(Opened {
             live: Live {
                 js: js.clone(),

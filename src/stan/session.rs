@@ -112,7 +112,9 @@ impl Protocol for Stan {
                 interval,
                 max_out: u32::try_from(response.ping_max_out).unwrap_or(0),
             };
-            background.push(tokio::spawn(pinger.run(ping_replies)));
+            background.push(tokio::spawn(crate::driver::counted(
+                pinger.run(ping_replies),
+            )));
         } else {
             drop(ping_replies);
         }
