@@ -20,25 +20,60 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use napi::Env;
 
-extern "C" {
-    fn uv_handle_size(kind: c_int) -> usize;
-    fn uv_poll_init(event_loop: *mut c_void, handle: *mut c_void, fd: c_int) -> c_int;
-    fn uv_poll_start(
-        handle: *mut c_void,
-        events: c_int,
-        callback: extern "C" fn(*mut c_void, c_int, c_int),
-    ) -> c_int;
-    fn uv_timer_init(event_loop: *mut c_void, handle: *mut c_void) -> c_int;
-    fn uv_timer_start(
-        handle: *mut c_void,
-        callback: extern "C" fn(*mut c_void),
-        timeout: u64,
-        repeat: u64,
-    ) -> c_int;
-    fn uv_unref(handle: *mut c_void);
-    fn uv_default_loop() -> *mut c_void;
-    fn uv_poll_stop(handle: *mut c_void) -> c_int;
-    fn uv_timer_stop(handle: *mut c_void) -> c_int;
+type Callback = extern "C" fn(*mut c_void);
+type PollCallback = extern "C" fn(*mut c_void, c_int, c_int);
+type HandleFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+type LoopHandleFn = unsafe extern "C" fn(*mut c_void, *mut c_void) -> c_int;
+
+/// The libuv functions, found in the running Node at load time rather than
+/// linked: a test binary or another host has none, and then the runtime
+/// gets a worker instead.
+struct Uv {
+    handle_size: unsafe extern "C" fn(c_int) -> usize,
+    default_loop: unsafe extern "C" fn() -> *mut c_void,
+    poll_init: unsafe extern "C" fn(*mut c_void, *mut c_void, c_int) -> c_int,
+    poll_start: unsafe extern "C" fn(*mut c_void, c_int, PollCallback) -> c_int,
+    poll_stop: HandleFn,
+    timer_init: LoopHandleFn,
+    timer_start: unsafe extern "C" fn(*mut c_void, Callback, u64, u64) -> c_int,
+    timer_stop: HandleFn,
+    unref: unsafe extern "C" fn(*mut c_void),
+}
+
+static UV: OnceLock<Option<Uv>> = OnceLock::new();
+
+fn uv() -> Option<&'static Uv> {
+    /// A symbol already loaded into the process (Node exports libuv's).
+    macro_rules! find {
+        ($name:literal as $ty:ty) => {{
+            // SAFETY: a lookup; the symbol has the signature uv.h declares.
+            let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, $name.as_ptr()) };
+            if symbol.is_null() {
+                return None;
+            }
+            unsafe { std::mem::transmute::<*mut c_void, $ty>(symbol) }
+        }};
+    }
+    UV.get_or_init(|| {
+        Some(Uv {
+            handle_size: find!(c"uv_handle_size" as unsafe extern "C" fn(c_int) -> usize),
+            default_loop: find!(c"uv_default_loop" as unsafe extern "C" fn() -> *mut c_void),
+            poll_init: find!(
+                c"uv_poll_init" as unsafe extern "C" fn(*mut c_void, *mut c_void, c_int) -> c_int
+            ),
+            poll_start: find!(
+                c"uv_poll_start" as unsafe extern "C" fn(*mut c_void, c_int, PollCallback) -> c_int
+            ),
+            poll_stop: find!(c"uv_poll_stop" as HandleFn),
+            timer_init: find!(c"uv_timer_init" as LoopHandleFn),
+            timer_start: find!(
+                c"uv_timer_start" as unsafe extern "C" fn(*mut c_void, Callback, u64, u64) -> c_int
+            ),
+            timer_stop: find!(c"uv_timer_stop" as HandleFn),
+            unref: find!(c"uv_unref" as unsafe extern "C" fn(*mut c_void)),
+        })
+    })
+    .as_ref()
 }
 
 // From uv.h's handle type map and poll events.
@@ -90,6 +125,7 @@ pub fn on_main_loop() -> Option<tokio::runtime::Runtime> {
     if !is_main_thread {
         return None;
     }
+    let uv = uv()?;
     let before = epoll_fds();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -108,20 +144,26 @@ pub fn on_main_loop() -> Option<tokio::runtime::Runtime> {
     // SAFETY: on the loop's own thread; the handles are leaked, so they
     // outlive the loop, and libuv sizes them itself.
     unsafe {
-        let event_loop = uv_default_loop();
-        let poll = handle(UV_POLL);
-        let timer = handle(UV_TIMER);
-        if uv_poll_init(event_loop, poll, fd) != 0
-            || uv_poll_start(poll, UV_READABLE, on_readable) != 0
-            || uv_timer_init(event_loop, timer) != 0
-            || uv_timer_start(timer, on_tick, TICK_MS, TICK_MS) != 0
+        let event_loop = (uv.default_loop)();
+        let poll = handle(uv, UV_POLL);
+        let timer = handle(uv, UV_TIMER);
+        if (uv.poll_init)(event_loop, poll, fd) != 0
+            || (uv.poll_start)(poll, UV_READABLE, on_readable) != 0
         {
+            return None;
+        }
+        if (uv.timer_init)(event_loop, timer) != 0
+            || (uv.timer_start)(timer, on_tick, TICK_MS, TICK_MS) != 0
+        {
+            // `drive` does nothing until the handles are recorded, so the
+            // worker runtime the caller builds instead is never driven here.
+            (uv.poll_stop)(poll);
             return None;
         }
         // Open connections keep Node alive through their threadsafe
         // functions, not through these.
-        uv_unref(poll);
-        uv_unref(timer);
+        (uv.unref)(poll);
+        (uv.unref)(timer);
         HANDLES.set([poll as usize, timer as usize]).ok()?;
     }
     Some(runtime)
@@ -131,27 +173,27 @@ pub fn on_main_loop() -> Option<tokio::runtime::Runtime> {
 /// down in its own cleanup hook, and the loop may turn again after it.
 #[napi_derive::napi(module_exports)]
 pub fn on_env(_exports: napi::bindgen_prelude::Object, env: Env) -> napi::Result<()> {
-    let Some(&[poll, timer]) = HANDLES.get() else {
+    let (Some(&[poll, timer]), Some(uv)) = (HANDLES.get(), uv()) else {
         return Ok(());
     };
     // SAFETY: a plain query of the env's loop.
-    if env.get_uv_event_loop()? != unsafe { uv_default_loop() }.cast() {
+    if env.get_uv_event_loop()? != unsafe { (uv.default_loop)() }.cast() {
         return Ok(());
     }
     env.add_env_cleanup_hook((), move |()| {
         STOPPED.store(true, Ordering::Release);
         // SAFETY: the handles were started on this loop, which is this thread's.
         unsafe {
-            uv_poll_stop(poll as *mut c_void);
-            uv_timer_stop(timer as *mut c_void);
+            (uv.poll_stop)(poll as *mut c_void);
+            (uv.timer_stop)(timer as *mut c_void);
         }
     })?;
     Ok(())
 }
 
-fn handle(kind: c_int) -> *mut c_void {
+fn handle(uv: &Uv, kind: c_int) -> *mut c_void {
     // SAFETY: plain size query.
-    let size = unsafe { uv_handle_size(kind) };
+    let size = unsafe { (uv.handle_size)(kind) };
     let words = size.div_ceil(8);
     Box::leak(vec![0u64; words].into_boxed_slice())
         .as_mut_ptr()
@@ -161,9 +203,9 @@ fn handle(kind: c_int) -> *mut c_void {
 extern "C" fn on_readable(_: *mut c_void, _: c_int, _: c_int) {
     HAD_IO.store(true, Ordering::Relaxed);
     if TICK.swap(TICK_MS, Ordering::Relaxed) != TICK_MS {
-        if let Some(&[_, timer]) = HANDLES.get() {
+        if let (Some(&[_, timer]), Some(uv)) = (HANDLES.get(), uv()) {
             // SAFETY: the timer lives on this loop, which is this thread's.
-            unsafe { uv_timer_start(timer as *mut c_void, on_tick, TICK_MS, TICK_MS) };
+            unsafe { (uv.timer_start)(timer as *mut c_void, on_tick, TICK_MS, TICK_MS) };
         }
     }
     drive();
@@ -180,8 +222,10 @@ extern "C" fn on_tick(timer: *mut c_void) {
     };
     if next != tick {
         TICK.store(next, Ordering::Relaxed);
-        // SAFETY: as in `on_readable`.
-        unsafe { uv_timer_start(timer, on_tick, next, next) };
+        if let Some(uv) = uv() {
+            // SAFETY: as in `on_readable`.
+            unsafe { (uv.timer_start)(timer, on_tick, next, next) };
+        }
     }
 }
 
@@ -198,7 +242,10 @@ pub async fn counted<F: Future>(task: F) -> F::Output {
 
 /// Runs the runtime until nothing in it can make progress without waiting.
 fn drive() {
-    if STOPPED.load(Ordering::Acquire) || DRIVING.swap(true, Ordering::AcqRel) {
+    if HANDLES.get().is_none()
+        || STOPPED.load(Ordering::Acquire)
+        || DRIVING.swap(true, Ordering::AcqRel)
+    {
         return;
     }
     let _ = std::panic::catch_unwind(|| napi::bindgen_prelude::block_on(UntilIdle));
