@@ -241,7 +241,7 @@ class Stan extends EventEmitter {
       // packed at its end.
       this._flushQueued = true
       queueMicrotask(this._flushPublishes)
-      this._flushPack()
+      this._flushPack(true)
     }
     return true
   }
@@ -283,10 +283,16 @@ class Stan extends EventEmitter {
     meta[slot + 2] = at
     meta[slot + 3] = length
     this._packUsed = end
-    if (++this._packCount === PACK_PUBLISHES || end >= PACK_BYTES) this._flushPack()
+    if (++this._packCount === PACK_PUBLISHES || end >= PACK_BYTES) this._flushPack(true)
   }
 
-  _flushPack () {
+  /**
+   * `now`: written before the call returns (a tick's first publish, or a
+   * full pack in a long synchronous burst, which would otherwise wait for
+   * the burst to end); the rest is written on the loop's next turn, with
+   * whatever else the tick made.
+   */
+  _flushPack (now = false) {
     if (this._packCount === 0) return
     const count = this._packCount
     const used = this._packUsed
@@ -295,7 +301,7 @@ class Stan extends EventEmitter {
     // A connection that closed meanwhile fails the pending callbacks itself.
     if (this._state >= CLOSING) return
     try {
-      this._native.publishPacked(this._pack.subarray(0, used), this._packMeta.subarray(0, 4 * count))
+      this._native.publishPacked(this._pack.subarray(0, used), this._packMeta.subarray(0, 4 * count), now)
       if (this._pack.length > 2 * PACK_BYTES) this._pack = Buffer.allocUnsafe(64 * 1024)
     } catch (err) {
       // The native side closed under us or refused the pack: each callback

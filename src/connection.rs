@@ -66,10 +66,21 @@ impl Connection {
     /// A tick's publishes without headers in one call: `data` holds each
     /// one's guid (22 characters) and payload back to back, `meta` four
     /// numbers per publish (channel index, token, guid offset, payload
-    /// length). Outcomes arrive through `poll()` under each token.
+    /// length). Outcomes arrive through `poll()` under each token. With
+    /// `now`, they are written before the call returns rather than on the
+    /// event loop's next turn.
     #[napi(catch_unwind)]
-    pub fn publish_packed(&self, data: &[u8], meta: &[u32]) -> napi::Result<(), ErrorCode> {
-        Ok(self.session.publish_packed(data, meta)?)
+    pub fn publish_packed(
+        &self,
+        data: &[u8],
+        meta: &[u32],
+        now: bool,
+    ) -> napi::Result<(), ErrorCode> {
+        self.session.publish_packed(data, meta)?;
+        if now {
+            crate::driver::drive();
+        }
+        Ok(())
     }
 
     /// The server's max_payload (0 before the first connect).

@@ -241,7 +241,10 @@ pub async fn counted<F: Future>(task: F) -> F::Output {
 }
 
 /// Runs the runtime until nothing in it can make progress without waiting.
-fn drive() {
+/// Also called by `publishPacked` when JS wants the publishes written
+/// before the call returns (a long synchronous burst of publishes would
+/// otherwise reach the loop's next turn only at its end).
+pub fn drive() {
     if HANDLES.get().is_none()
         || STOPPED.load(Ordering::Acquire)
         || DRIVING.swap(true, Ordering::AcqRel)
