@@ -26,9 +26,11 @@ export declare class Connection {
    * A tick's publishes without headers in one call: `data` holds each
    * one's guid (22 characters) and payload back to back, `meta` four
    * numbers per publish (channel index, token, guid offset, payload
-   * length). Outcomes arrive through `poll()` under each token.
+   * length). Outcomes arrive through `poll()` under each token. With
+   * `now`, they are written before the call returns rather than on the
+   * event loop's next turn.
    */
-  publishPacked(data: Uint8Array, meta: Uint32Array): void
+  publishPacked(data: Uint8Array, meta: Uint32Array, now: boolean): void
   /** The server's max_payload (0 before the first connect). */
   maxPayload(): number
   /**
