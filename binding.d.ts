@@ -157,6 +157,11 @@ export interface ConnectOptions {
   streamDefaults?: StreamDefaults
   connectTimeoutMs: number
   ackTimeoutMs: number
+  /**
+   * Publishes on the wire without their ack, at most; more wait in the
+   * session task.
+   */
+  maxPubAcksInflight: number
   /** `-1` or absent means reconnect forever, as 0.3.2 sets up its own NATS connection. */
   maxReconnectAttempts?: number
   reconnectTimeWaitMs?: number
@@ -236,6 +241,9 @@ export interface NativeEvent {
   code?: string
   message?: string
 }
+
+/** A NUID, whose random prefix JS's publish guids take. */
+export declare function nuid(): string
 
 /**
  * Everything that became ready since the previous poll. What a poll does

@@ -839,3 +839,4 @@ module.exports.Connection = nativeBinding.Connection
 module.exports.KeyValue = nativeBinding.KeyValue
 module.exports.KvWatcher = nativeBinding.KvWatcher
 module.exports.jetstreamNames = nativeBinding.jetstreamNames
+module.exports.nuid = nativeBinding.nuid

@@ -3,8 +3,11 @@
 // NUIDs as node-nats-streaming uses for publish guids: 12 random prefix
 // characters plus a 10-character sequence with a random increment. Made in
 // JS because the guid must exist before a publish that waits for capacity
-// reaches the native side.
-const crypto = require('node:crypto')
+// reaches the native side. The prefix is the random part of a NUID from the
+// native side (node:crypto would add 2 MB to the process's RSS); the
+// sequence's start and increment only spread guids, as in the NUID
+// reference, so Math.random serves.
+const { nuid } = require('./native')
 
 const DIGITS = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'
 const BASE = 62
@@ -16,7 +19,7 @@ const MIN_INC = 33
 const MAX_INC = 333
 
 function randomInt (limit) {
-  return crypto.randomInt(limit)
+  return Math.floor(Math.random() * limit)
 }
 
 class Nuid {
@@ -27,12 +30,10 @@ class Nuid {
   }
 
   resetPrefix () {
-    const bytes = crypto.randomBytes(PREFIX_LEN)
-    let prefix = ''
-    for (let i = 0; i < PREFIX_LEN; i++) prefix += DIGITS[bytes[i] % BASE]
-    this.prefix = prefix
+    this.prefix = nuid().slice(0, PREFIX_LEN)
   }
 
+  /** The next guid; `prefix` and `seq` are then its parts, for `format`. */
   next () {
     this.seq += this.inc
     if (this.seq >= MAX_SEQ) {
@@ -40,16 +41,19 @@ class Nuid {
       this.seq = randomInt(MAX_SEQ)
       this.inc = MIN_INC + randomInt(MAX_INC - MIN_INC)
     }
-    let n = this.seq
-    let tail = ''
-    for (let i = 0; i < SEQ_LEN; i++) {
-      tail = DIGITS[n % BASE] + tail
-      n = Math.floor(n / BASE)
-    }
-    return this.prefix + tail
+    return format(this.prefix, this.seq)
   }
 }
 
-const shared = new Nuid()
+/** A guid from its parts: kept as parts, a pending publish holds no string. */
+function format (prefix, seq) {
+  let n = seq
+  let tail = ''
+  for (let i = 0; i < SEQ_LEN; i++) {
+    tail = DIGITS[n % BASE] + tail
+    n = Math.floor(n / BASE)
+  }
+  return prefix + tail
+}
 
-module.exports = { next: () => shared.next() }
+module.exports = { guids: new Nuid(), format }

@@ -176,6 +176,7 @@ function parseConnectArgs (clusterID, clientID, opts) {
     logger: options.logger !== undefined,
     connectTimeoutMs: Math.ceil(options.connectTimeout),
     ackTimeoutMs: Math.ceil(options.ackTimeout),
+    maxPubAcksInflight: maxPubAcksInflight(options),
     maxReconnectAttempts: options.reconnect === false ? 0 : Math.trunc(options.maxReconnectAttempts),
     reconnectTimeWaitMs: Math.ceil(options.reconnectTimeWait),
     noRandomize: options.noRandomize,
@@ -187,6 +188,11 @@ function parseConnectArgs (clusterID, clientID, opts) {
     discoverPrefix: options.discoverPrefix
   }
   return { options, native }
+}
+
+/** `maxPubAcksInflight` as a whole number the native side takes (1 to 2^32 - 1). */
+function maxPubAcksInflight (options) {
+  return Math.min(2 ** 32 - 1, Math.max(1, Math.trunc(options.maxPubAcksInflight)))
 }
 
 function readFile (file, what) {
@@ -277,4 +283,4 @@ function streamDefaults (defaults, backend) {
   }
 }
 
-module.exports = { parseConnectArgs, DEFAULTS }
+module.exports = { parseConnectArgs, maxPubAcksInflight, DEFAULTS }

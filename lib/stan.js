@@ -2,9 +2,9 @@
 
 const { EventEmitter } = require('node:events')
 const { Connection } = require('./native')
-const nuid = require('./nuid')
-const { Fifo } = require('./fifo')
-const { parseConnectArgs } = require('./options')
+const { guids } = require('./nuid')
+const { Fifo, PublishTable } = require('./fifo')
+const { parseConnectArgs, maxPubAcksInflight } = require('./options')
 const { Subscription, SubscriptionOptions } = require('./subscription')
 const { stanError, closedError, fromNative, text, guarded, emitGuarded } = require('./errors')
 const { Streams, Consumers, openKV } = require('./jetstream')
@@ -82,8 +82,8 @@ class Stan extends EventEmitter {
     // For error messages: the servers without any credentials in their URLs.
     this._servers = native.servers.map((url) => url.replace(/^([a-z]+:\/\/)?[^@/]*@/i, '$1'))
     this._state = CONNECTING
-    this._maxInFlight = Math.max(1, Math.trunc(options.maxPubAcksInflight))
-    this._pending = new Map()
+    this._maxInFlight = maxPubAcksInflight(options)
+    this._pending = new PublishTable()
     this._waiting = new Fifo()
     this._nextToken = 0
     this._subs = new Map()
@@ -187,15 +187,14 @@ class Stan extends EventEmitter {
         return this._failNow(err, cb)
       }
     }
-    const guid = nuid.next()
-    const entry = { subject, payload, cb, guid, headers }
-    if (this._state === CONNECTED && this._waiting.length === 0 && this._pending.size < this._maxInFlight) {
-      if (!this._send(entry, cb === undefined)) return undefined
-    } else if (cb === undefined && this._state === CONNECTED) {
-      throw stanError('MAX_IN_FLIGHT', text.MAX_IN_FLIGHT)
-    } else {
-      this._waiting.push(entry)
+    const guid = guids.next()
+    if (this._state === CONNECTED && this._waiting.length === 0) {
+      if (cb === undefined && this._pending.size >= this._maxInFlight) throw stanError('MAX_IN_FLIGHT', text.MAX_IN_FLIGHT)
+      // Beyond maxPubAcksInflight, the session task holds it until acks free room.
+      return this._send(subject, payload, cb, guid, guids.prefix, guids.seq, headers) ? guid : undefined
     }
+    if (cb === undefined && this._state === CONNECTED) throw stanError('MAX_IN_FLIGHT', text.MAX_IN_FLIGHT)
+    this._waiting.push({ subject, payload, cb, guid, prefix: guids.prefix, seq: guids.seq, headers })
     return guid
   }
 
@@ -215,26 +214,29 @@ class Stan extends EventEmitter {
     return undefined
   }
 
-  /** Returns false when the native side refused the publish (error already reported). */
-  _send (entry, throwOnError) {
+  /**
+   * Returns false when the native side refused the publish: the callback
+   * gets the error, or, without one, it is thrown.
+   */
+  _send (subject, payload, cb, guid, prefix, seq, headers) {
     const token = this._nextToken
     this._nextToken = (token + 1) >>> 0
     try {
-      if (entry.headers !== undefined) {
+      if (headers !== undefined) {
         this._flushPack()
-        const bytes = typeof entry.payload === 'string' ? Buffer.from(entry.payload) : entry.payload
-        this._native.publishWithHeaders(entry.subject, bytes, token, entry.guid, entry.headers)
+        const bytes = typeof payload === 'string' ? Buffer.from(payload) : payload
+        this._native.publishWithHeaders(subject, bytes, token, guid, headers)
         this._nativeHolds = true
       } else {
-        this._packPublish(entry, token)
+        this._packPublish(subject, payload, guid, token)
       }
     } catch (err) {
       const error = fromNative(err)
-      if (throwOnError) throw error
-      if (entry.cb !== undefined) process.nextTick(entry.cb, error, entry.guid)
+      if (cb === undefined) throw error
+      process.nextTick(cb, error, guid)
       return false
     }
-    this._pending.set(token, entry)
+    this._pending.add(token, cb, prefix, seq)
     if (!this._flushQueued) {
       // The first publish of a tick goes at once, so a lone publish waits
       // for nothing (latency p50 −14 µs); the rest of the tick follows
@@ -247,19 +249,18 @@ class Stan extends EventEmitter {
   }
 
   /** Adds a publish to this tick's pack; throws as the native side would. */
-  _packPublish (entry, token) {
-    let channel = this._channels.get(entry.subject)
+  _packPublish (subject, payload, guid, token) {
+    let channel = this._channels.get(subject)
     if (channel === undefined) {
       if (this._channels.size >= MAX_CHANNELS) {
         this._flushPack()
         this._channels.clear()
         this._native.forgetChannels()
       }
-      const [index, envelope] = this._native.registerChannel(entry.subject)
+      const [index, envelope] = this._native.registerChannel(subject)
       channel = { index, envelope }
-      this._channels.set(entry.subject, channel)
+      this._channels.set(subject, channel)
     }
-    const payload = entry.payload
     const text = typeof payload === 'string'
     const length = text ? Buffer.byteLength(payload) : payload.byteLength
     if (this._maxPayload === 0) this._maxPayload = this._native.maxPayload()
@@ -273,7 +274,7 @@ class Stan extends EventEmitter {
       this._pack.copy(grown, 0, 0, at)
       this._pack = grown
     }
-    this._pack.write(entry.guid, at, GUID_LENGTH, 'latin1')
+    this._pack.write(guid, at, GUID_LENGTH, 'latin1')
     if (text) this._pack.write(payload, at + GUID_LENGTH, length, 'utf8')
     else this._pack.set(payload, at + GUID_LENGTH)
     const meta = this._packMeta
@@ -309,19 +310,21 @@ class Stan extends EventEmitter {
       const error = fromNative(err)
       for (let i = 0; i < count; i++) {
         const token = this._packMeta[4 * i + 1]
-        const entry = this._pending.get(token)
-        if (entry === undefined) continue
-        this._pending.delete(token)
-        if (entry.cb !== undefined) process.nextTick(entry.cb, error, entry.guid)
+        if (this._pending.take(token) && this._pending.cb !== null) process.nextTick(this._pending.cb, error, this._pending.guid)
       }
-      if (this._waiting.length > 0) process.nextTick(() => this._sendWaiting())
       this._notifySettled()
     }
   }
 
   _sendWaiting () {
-    while (this._waiting.length > 0 && this._pending.size < this._maxInFlight && this._state === CONNECTED) {
-      this._send(this._waiting.shift(), false)
+    while (this._waiting.length > 0 && this._state === CONNECTED) {
+      const { subject, payload, cb, guid, prefix, seq, headers } = this._waiting.shift()
+      try {
+        this._send(subject, payload, cb, guid, prefix, seq, headers)
+      } catch {
+        // Refused (too large for this server, say) and made before connect
+        // without a callback: there is no one to tell, as in 0.3.2.
+      }
     }
   }
 
@@ -415,10 +418,9 @@ class Stan extends EventEmitter {
   }
 
   _failPending (err) {
-    const pending = [...this._pending.values(), ...this._waiting.drain()]
-    this._pending.clear()
-    for (const entry of pending) {
-      if (entry.cb !== undefined) guarded(entry.cb, err, entry.guid)
+    const pending = [...this._pending.drain(), ...this._waiting.drain()]
+    for (const { cb, guid } of pending) {
+      if (cb !== null && cb !== undefined) guarded(cb, err, guid)
     }
     this._notifySettled()
   }
@@ -509,18 +511,11 @@ class Stan extends EventEmitter {
 
   _settle (acked = NO_TOKENS, failed = NO_FAILURES) {
     for (let i = 0; i < acked.length; i++) {
-      const entry = this._pending.get(acked[i])
-      if (entry === undefined) continue
-      this._pending.delete(acked[i])
-      if (entry.cb !== undefined) guarded(entry.cb, undefined, entry.guid)
+      if (this._pending.take(acked[i]) && this._pending.cb !== null) guarded(this._pending.cb, undefined, this._pending.guid)
     }
     for (const failure of failed) {
-      const entry = this._pending.get(failure.token)
-      if (entry === undefined) continue
-      this._pending.delete(failure.token)
-      if (entry.cb !== undefined) guarded(entry.cb, fromNative(failure), entry.guid)
+      if (this._pending.take(failure.token) && this._pending.cb !== null) guarded(this._pending.cb, fromNative(failure), this._pending.guid)
     }
-    if (this._waiting.length > 0) this._sendWaiting()
     this._notifySettled()
   }
 

@@ -322,6 +322,12 @@ fn whole_sequence(sequence: f64) -> Result<u64> {
     }
 }
 
+/// A NUID, whose random prefix JS's publish guids take.
+#[napi]
+pub fn nuid() -> String {
+    nuid::next().to_string()
+}
+
 /// Where the jetstream backend keeps a channel, and which consumer it binds
 /// for a durable (or durable queue group) of a client: what a migration
 /// from STAN must write to.

@@ -33,6 +33,9 @@ pub struct ConnectOptions {
     pub stream_defaults: Option<StreamDefaults>,
     pub connect_timeout_ms: u32,
     pub ack_timeout_ms: u32,
+    /// Publishes on the wire without their ack, at most; more wait in the
+    /// session task.
+    pub max_pub_acks_inflight: u32,
     /// `-1` or absent means reconnect forever, as 0.3.2 sets up its own NATS connection.
     pub max_reconnect_attempts: Option<i32>,
     pub reconnect_time_wait_ms: Option<u32>,

@@ -155,6 +155,12 @@ pub enum Due {
 pub struct Publisher {
     reply_prefix: String,
     ack_timeout: Duration,
+    /// `maxPubAcksInflight`: publishes beyond it are held, in order, and
+    /// sent as acks free room. Held here rather than in JS, an ack lets the
+    /// next one out in the same turn of the runtime, without a round trip
+    /// through JS.
+    window: usize,
+    held: VecDeque<PublishRequest>,
     /// Set where the server deduplicates by guid.
     resend_after: Option<Duration>,
     in_flight: IdMap<u32, InFlight>,
@@ -182,6 +188,7 @@ impl Publisher {
     pub fn new(
         reply_prefix: String,
         ack_timeout: Duration,
+        window: usize,
         deduplicates: bool,
         fast_ingest: bool,
     ) -> Self {
@@ -189,6 +196,8 @@ impl Publisher {
         Publisher {
             reply_prefix,
             ack_timeout,
+            window: window.max(1),
+            held: VecDeque::new(),
             resend_after: deduplicates.then(|| UNANSWERED_RETRY.min(ack_timeout / 4)),
             in_flight: IdMap::default(),
             deadlines: VecDeque::new(),
@@ -215,12 +224,41 @@ impl Publisher {
     }
 
     /// `now` is read once per batch of commands: publishes handled together
-    /// share a deadline, and the clock stays off the per-message path.
+    /// share a deadline, and the clock stays off the per-message path. A
+    /// publish beyond the window is held; its `ackTimeout` starts when it is
+    /// sent.
     pub fn publish(
         &mut self,
         request: PublishRequest,
         now: Instant,
         resolve: impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>,
+    ) {
+        if !self.held.is_empty() || self.in_flight.len() >= self.window {
+            self.held.push_back(request);
+            return;
+        }
+        self.send(request, now, &resolve);
+    }
+
+    /// Sends held publishes while settled ones left room.
+    pub fn release(&mut self, resolve: impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>) {
+        if self.held.is_empty() || self.in_flight.len() >= self.window {
+            return;
+        }
+        let now = Instant::now();
+        while self.in_flight.len() < self.window {
+            let Some(request) = self.held.pop_front() else {
+                break;
+            };
+            self.send(request, now, &resolve);
+        }
+    }
+
+    fn send(
+        &mut self,
+        request: PublishRequest,
+        now: Instant,
+        resolve: &impl Fn(&str) -> Option<BoxFuture<'static, Result<()>>>,
     ) {
         let token = request.token;
         self.deadlines.push_back((now + self.ack_timeout, token));
@@ -234,7 +272,7 @@ impl Publisher {
                 last_error: None,
             },
         );
-        self.dispatch(token, now, &resolve);
+        self.dispatch(token, now, resolve);
     }
 
     /// Queues the publish for the next write, or parks it while its channel
@@ -833,8 +871,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_channel_being_resolved_holds_back_only_its_own_publishes() {
-        let mut publisher =
-            Publisher::new("_INBOX.t".into(), Duration::from_millis(200), true, false);
+        let mut publisher = Publisher::new(
+            "_INBOX.t".into(),
+            Duration::from_millis(200),
+            1024,
+            true,
+            false,
+        );
         publisher.publish(request(1, "slow"), Instant::now(), resolve);
         publisher.publish(request(2, "fast"), Instant::now(), resolve);
         assert!(queued(&publisher).is_empty());
@@ -874,7 +917,13 @@ mod tests {
     #[tokio::test]
     async fn a_publish_nobody_took_is_sent_again_and_settled_once() {
         let ready = |_: &str| None;
-        let mut publisher = Publisher::new("_INBOX.t".into(), Duration::from_secs(5), false, false);
+        let mut publisher = Publisher::new(
+            "_INBOX.t".into(),
+            Duration::from_secs(5),
+            1024,
+            false,
+            false,
+        );
         publisher.publish(request(7, "orders"), Instant::now(), ready);
         assert_eq!(queued(&publisher), vec![7]);
         publisher.queued.clear();
@@ -920,7 +969,13 @@ mod tests {
     #[test]
     fn a_channels_publishes_in_one_write_form_a_batch_its_acks_settle() {
         let ready = |_: &str| None;
-        let mut publisher = Publisher::new("_INBOX.tag".into(), Duration::from_secs(5), true, true);
+        let mut publisher = Publisher::new(
+            "_INBOX.tag".into(),
+            Duration::from_secs(5),
+            1024,
+            true,
+            true,
+        );
         let now = Instant::now();
         for token in 1..=5 {
             publisher.publish(request(token, "orders"), now, ready);
@@ -962,7 +1017,13 @@ mod tests {
     #[test]
     fn a_stream_that_takes_no_batches_gets_its_publishes_one_by_one() {
         let ready = |_: &str| None;
-        let mut publisher = Publisher::new("_INBOX.tag".into(), Duration::from_secs(5), true, true);
+        let mut publisher = Publisher::new(
+            "_INBOX.tag".into(),
+            Duration::from_secs(5),
+            1024,
+            true,
+            true,
+        );
         let now = Instant::now();
         for token in 1..=4 {
             publisher.publish(request(token, "orders"), now, ready);
@@ -982,6 +1043,33 @@ mod tests {
             .map(|token| (Some(token), reply_subject("_INBOX.tag", token)))
             .collect();
         assert_eq!(replies(&publisher.frames(frame)), expected);
+    }
+
+    #[test]
+    fn publishes_beyond_the_window_wait_in_order_and_go_as_acks_free_room() {
+        let ready = |_: &str| None;
+        let mut publisher =
+            Publisher::new("_INBOX.t".into(), Duration::from_secs(5), 2, false, false);
+        for token in 1..=5 {
+            publisher.publish(request(token, "orders"), Instant::now(), ready);
+        }
+        assert_eq!(queued(&publisher), vec![1, 2]);
+        publisher.release(ready);
+        assert_eq!(queued(&publisher), vec![1, 2], "no room yet");
+        publisher.on_ack(&ack(2, None), stored, |_| {});
+        publisher.release(ready);
+        assert_eq!(queued(&publisher), vec![1, 2, 3]);
+        // A publish made now waits behind those held before it.
+        publisher.publish(request(6, "orders"), Instant::now(), ready);
+        publisher.on_ack(&ack(1, None), stored, |_| {});
+        publisher.on_ack(&ack(3, None), stored, |_| {});
+        publisher.release(ready);
+        assert_eq!(queued(&publisher), vec![1, 2, 3, 4, 5]);
+        assert_eq!(publisher.acked, vec![2, 1, 3]);
+        assert_eq!(
+            publisher.held.iter().map(|r| r.token).collect::<Vec<_>>(),
+            vec![6]
+        );
     }
 
     #[test]

@@ -664,6 +664,7 @@ impl<P: Protocol> Open<P> {
             publisher: Publisher::new(
                 opened.reply_prefix,
                 options.ack_timeout(),
+                options.max_pub_acks_inflight as usize,
                 P::DEDUPLICATES,
                 fast_ingest::<P>(&opened.client),
             ),
@@ -729,6 +730,7 @@ impl<P: Protocol> Open<P> {
                 }
             }
             let live = &self.live;
+            self.publisher.release(|channel| P::resolve(live, channel));
             self.publisher
                 .start_write(&self.client, |p: &PublishRequest, reply| {
                     P::frame(live, p, reply)
