@@ -279,56 +279,60 @@ describe('jetstream: a 10 s network cut while publishing and consuming', () => {
 })
 
 describe('jetstream: a connection cut in the middle of fast-ingest batches', () => {
-  test('stores every publish once: what the cut left unacked is sent again, alone', async () => {
-    const proxy = await startProxy(ctx.server.port)
-    try {
-      const sc = await connect('jetstream', { url: proxy.url, reconnectTimeWait: 100 })
-      const channel = unique('batch-cut')
-      const acked = new Set()
-      const failed = new Map()
-      let published = 0
-      const settled = []
-      // Bursts of 300 every 10 ms: each goes out as a batch (or two).
-      const burst = () => {
-        for (let i = 0; i < 300; i++) {
-          const data = `m${published++}`
-          settled.push(new Promise((resolve) => sc.publish(channel, data, (err) => {
-            if (err) failed.set(err.code, (failed.get(err.code) ?? 0) + 1)
-            else acked.add(data)
-            resolve()
-          })))
+  // With a window of 200 most publishes are held in the session task, not
+  // on the wire, when the cut comes.
+  for (const window of [undefined, 200]) {
+    test(`stores every publish once: what the cut left unacked is sent again, alone${window ? `; maxPubAcksInflight ${window}` : ''}`, async () => {
+      const proxy = await startProxy(ctx.server.port)
+      try {
+        const sc = await connect('jetstream', { url: proxy.url, reconnectTimeWait: 100, ...(window && { maxPubAcksInflight: window }) })
+        const channel = unique('batch-cut')
+        const acked = new Set()
+        const failed = new Map()
+        let published = 0
+        const settled = []
+        // Bursts of 300 every 10 ms: each goes out as a batch (or two).
+        const burst = () => {
+          for (let i = 0; i < 300; i++) {
+            const data = `m${published++}`
+            settled.push(new Promise((resolve) => sc.publish(channel, data, (err) => {
+              if (err) failed.set(err.code, (failed.get(err.code) ?? 0) + 1)
+              else acked.add(data)
+              resolve()
+            })))
+          }
         }
+        const timer = setInterval(burst, 10)
+        await new Promise((resolve) => setTimeout(resolve, 500))
+        proxy.cut()
+        await once(sc, 'reconnecting', { timeoutMs: 5000 })
+        proxy.restore()
+        await once(sc, 'reconnect', { timeoutMs: 10000 })
+        await new Promise((resolve) => setTimeout(resolve, 500))
+        clearInterval(timer)
+        await Promise.all(settled)
+        const { msgsOutBatched } = sc.stats()
+        const reader = await connect('jetstream')
+        const stream = (await reader.streams.list()).find((s) => s.config.subjects.includes(channel))
+        const stored = new Map()
+        const sub = reader.subscribe(channel, reader.subscriptionOptions().setDeliverAllAvailable())
+        sub.on('message', (msg) => stored.set(msg.getData(), (stored.get(msg.getData()) ?? 0) + 1))
+        const deadline = Date.now() + 20000
+        while ([...stored.values()].reduce((a, b) => a + b, 0) < stream.state.messages && Date.now() < deadline) {
+          await new Promise((resolve) => setTimeout(resolve, 50))
+        }
+        const duplicated = [...stored.values()].filter((n) => n > 1).length
+        const lost = [...acked].filter((d) => !stored.has(d)).length
+        figure('batch-cut', { window, published, acked: acked.size, failed: Object.fromEntries(failed), stored: stream.state.messages, batched: msgsOutBatched, lost, duplicated })
+        assert.equal(failed.size, 0, `failed publishes: ${JSON.stringify(Object.fromEntries(failed))}`)
+        assert.equal(acked.size, published)
+        assert.equal(stream.state.messages, published)
+        assert.equal(lost, 0)
+        assert.equal(duplicated, 0)
+        if (stream.config.allow_batched) assert.ok(msgsOutBatched > 0)
+      } finally {
+        await proxy.stop()
       }
-      const timer = setInterval(burst, 10)
-      await new Promise((resolve) => setTimeout(resolve, 500))
-      proxy.cut()
-      await once(sc, 'reconnecting', { timeoutMs: 5000 })
-      proxy.restore()
-      await once(sc, 'reconnect', { timeoutMs: 10000 })
-      await new Promise((resolve) => setTimeout(resolve, 500))
-      clearInterval(timer)
-      await Promise.all(settled)
-      const { msgsOutBatched } = sc.stats()
-      const reader = await connect('jetstream')
-      const stream = (await reader.streams.list()).find((s) => s.config.subjects.includes(channel))
-      const stored = new Map()
-      const sub = reader.subscribe(channel, reader.subscriptionOptions().setDeliverAllAvailable())
-      sub.on('message', (msg) => stored.set(msg.getData(), (stored.get(msg.getData()) ?? 0) + 1))
-      const deadline = Date.now() + 20000
-      while ([...stored.values()].reduce((a, b) => a + b, 0) < stream.state.messages && Date.now() < deadline) {
-        await new Promise((resolve) => setTimeout(resolve, 50))
-      }
-      const duplicated = [...stored.values()].filter((n) => n > 1).length
-      const lost = [...acked].filter((d) => !stored.has(d)).length
-      figure('batch-cut', { published, acked: acked.size, failed: Object.fromEntries(failed), stored: stream.state.messages, batched: msgsOutBatched, lost, duplicated })
-      assert.equal(failed.size, 0, `failed publishes: ${JSON.stringify(Object.fromEntries(failed))}`)
-      assert.equal(acked.size, published)
-      assert.equal(stream.state.messages, published)
-      assert.equal(lost, 0)
-      assert.equal(duplicated, 0)
-      if (stream.config.allow_batched) assert.ok(msgsOutBatched > 0)
-    } finally {
-      await proxy.stop()
-    }
-  })
+    })
+  }
 })
