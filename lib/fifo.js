@@ -3,8 +3,8 @@
 const { format } = require('./nuid')
 
 // Queues that live as long as the connection and see an entry per publish.
-// Both keep backing arrays that only grow (by doubling) and clear what they
-// release. A Map or a pushed-and-sliced array would reallocate its
+// Both keep backing arrays that grow by doubling, clear what they release,
+// and shrink once mostly empty, so a burst's size is not kept for good. A Map or a pushed-and-sliced array would reallocate its
 // store as entries come and go; once V8 has moved a store to the old
 // generation, each replaced one stays behind until the next full GC still
 // pointing at young entries (a Map's even chains every later table), so
@@ -30,7 +30,10 @@ class Fifo {
     const item = this._items[this._head]
     this._items[this._head] = undefined
     this._head = (this._head + 1) & (this._items.length - 1)
-    this.length--
+    if (--this.length === 0 && this._items.length > 16) {
+      this._items = new Array(16).fill(undefined)
+      this._head = 0
+    }
     return item
   }
 
@@ -57,9 +60,11 @@ class Fifo {
  * (it has outlived a ring's worth of later tokens) moves to a Map of such
  * stragglers, so one slow ack does not grow the ring.
  */
+const MIN_SLOTS = 1024
+
 class PublishTable {
   constructor () {
-    this._alloc(1024)
+    this._alloc(MIN_SLOTS)
     this._stragglers = null
     this.size = 0
     // What `take` found.
@@ -70,7 +75,7 @@ class PublishTable {
   add (token, cb, prefix, seq) {
     let slot = token & (this._cbs.length - 1)
     if (this._cbs[slot] !== undefined && 2 * this.size >= this._cbs.length) {
-      this._grow()
+      this._resize(2 * this._cbs.length)
       slot = token & (this._cbs.length - 1)
     }
     if (this._cbs[slot] !== undefined) this._straggle(slot)
@@ -90,7 +95,7 @@ class PublishTable {
       this._found(cb, this._prefixes[slot], this._seqs[slot])
       this._cbs[slot] = undefined
       this._prefixes[slot] = undefined
-      this.size--
+      if (--this.size * 8 < this._cbs.length && this._cbs.length > MIN_SLOTS) this._resize(this._cbs.length / 2)
       return true
     }
     const straggler = this._stragglers?.get(token)
@@ -109,7 +114,7 @@ class PublishTable {
       if (this._cbs[slot] !== undefined) all.push({ token: this._tokens[slot], cb: this._cbs[slot], prefix: this._prefixes[slot], seq: this._seqs[slot] })
     }
     if (this._stragglers !== null) all.push(...this._stragglers.values())
-    this._alloc(1024)
+    this._alloc(MIN_SLOTS)
     this._stragglers = null
     this.size = 0
     all.sort((a, b) => (a.token - b.token) | 0)
@@ -141,9 +146,10 @@ class PublishTable {
     this._stragglers.set(token, { token, cb: this._cbs[slot], prefix: this._prefixes[slot], seq: this._seqs[slot] })
   }
 
-  _grow () {
+  /** Moves the ring's publishes to one of `length` slots. */
+  _resize (length) {
     const { _cbs: cbs, _tokens: tokens, _prefixes: prefixes, _seqs: seqs } = this
-    this._alloc(2 * cbs.length)
+    this._alloc(length)
     const mask = this._cbs.length - 1
     for (let old = 0; old < cbs.length; old++) {
       if (cbs[old] === undefined) continue

@@ -44,6 +44,8 @@ const UNANSWERED_RETRY: Duration = Duration::from_secs(2);
 /// Fewer publishes of a channel in one write than this go out one by one:
 /// a batch costs an end-of-batch marker and two acks of its own.
 const MIN_BATCH: usize = 4;
+/// Room for held publishes kept once they are all sent.
+const HELD_KEPT: usize = 4096;
 
 pub struct PublishRequest {
     pub token: u32,
@@ -251,6 +253,10 @@ impl Publisher {
                 break;
             };
             self.send(request, now, &resolve);
+        }
+        // A burst's backlog is not kept for good.
+        if self.held.is_empty() && self.held.capacity() > HELD_KEPT {
+            self.held = VecDeque::new();
         }
     }
 
