@@ -3,8 +3,8 @@
 const { format } = require('./nuid')
 
 // Queues that live as long as the connection and see an entry per publish.
-// Both keep backing arrays that grow by doubling, clear what they release,
-// and shrink once mostly empty, so a burst's size is not kept for good. A Map or a pushed-and-sliced array would reallocate its
+// Both keep backing arrays that grow by doubling and clear what they
+// release; a very large one is let go once empty. A Map or a pushed-and-sliced array would reallocate its
 // store as entries come and go; once V8 has moved a store to the old
 // generation, each replaced one stays behind until the next full GC still
 // pointing at young entries (a Map's even chains every later table), so
@@ -61,6 +61,9 @@ class Fifo {
  * stragglers, so one slow ack does not grow the ring.
  */
 const MIN_SLOTS = 1024
+// A ring up to this size (1.8 MB) is kept when it empties: reallocating one
+// for every burst would churn V8's young generation with live arrays.
+const KEPT_SLOTS = 65536
 
 class PublishTable {
   constructor () {
@@ -95,7 +98,7 @@ class PublishTable {
       this._found(cb, this._prefixes[slot], this._seqs[slot])
       this._cbs[slot] = undefined
       this._prefixes[slot] = undefined
-      if (--this.size * 8 < this._cbs.length && this._cbs.length > MIN_SLOTS) this._resize(this._cbs.length / 2)
+      if (--this.size === 0 && this._cbs.length > KEPT_SLOTS) this._alloc(MIN_SLOTS)
       return true
     }
     const straggler = this._stragglers?.get(token)

@@ -45,7 +45,7 @@ const UNANSWERED_RETRY: Duration = Duration::from_secs(2);
 /// a batch costs an end-of-batch marker and two acks of its own.
 const MIN_BATCH: usize = 4;
 /// Room for held publishes kept once they are all sent.
-const HELD_KEPT: usize = 4096;
+const HELD_KEPT: usize = 16384;
 
 pub struct PublishRequest {
     pub token: u32,
