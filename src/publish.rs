@@ -859,6 +859,22 @@ mod tests {
         }
     }
 
+    /// A window of 1,024: as good as none for these tests.
+    fn publisher(
+        reply_prefix: &str,
+        ack_timeout: Duration,
+        deduplicates: bool,
+        fast_ingest: bool,
+    ) -> Publisher {
+        Publisher::new(
+            reply_prefix.into(),
+            ack_timeout,
+            1024,
+            deduplicates,
+            fast_ingest,
+        )
+    }
+
     fn queued(publisher: &Publisher) -> Vec<u32> {
         publisher.queued.clone()
     }
@@ -877,13 +893,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_channel_being_resolved_holds_back_only_its_own_publishes() {
-        let mut publisher = Publisher::new(
-            "_INBOX.t".into(),
-            Duration::from_millis(200),
-            1024,
-            true,
-            false,
-        );
+        let mut publisher = publisher("_INBOX.t", Duration::from_millis(200), true, false);
         publisher.publish(request(1, "slow"), Instant::now(), resolve);
         publisher.publish(request(2, "fast"), Instant::now(), resolve);
         assert!(queued(&publisher).is_empty());
@@ -923,13 +933,7 @@ mod tests {
     #[tokio::test]
     async fn a_publish_nobody_took_is_sent_again_and_settled_once() {
         let ready = |_: &str| None;
-        let mut publisher = Publisher::new(
-            "_INBOX.t".into(),
-            Duration::from_secs(5),
-            1024,
-            false,
-            false,
-        );
+        let mut publisher = publisher("_INBOX.t", Duration::from_secs(5), false, false);
         publisher.publish(request(7, "orders"), Instant::now(), ready);
         assert_eq!(queued(&publisher), vec![7]);
         publisher.queued.clear();
@@ -975,13 +979,7 @@ mod tests {
     #[test]
     fn a_channels_publishes_in_one_write_form_a_batch_its_acks_settle() {
         let ready = |_: &str| None;
-        let mut publisher = Publisher::new(
-            "_INBOX.tag".into(),
-            Duration::from_secs(5),
-            1024,
-            true,
-            true,
-        );
+        let mut publisher = publisher("_INBOX.tag", Duration::from_secs(5), true, true);
         let now = Instant::now();
         for token in 1..=5 {
             publisher.publish(request(token, "orders"), now, ready);
@@ -1023,13 +1021,7 @@ mod tests {
     #[test]
     fn a_stream_that_takes_no_batches_gets_its_publishes_one_by_one() {
         let ready = |_: &str| None;
-        let mut publisher = Publisher::new(
-            "_INBOX.tag".into(),
-            Duration::from_secs(5),
-            1024,
-            true,
-            true,
-        );
+        let mut publisher = publisher("_INBOX.tag", Duration::from_secs(5), true, true);
         let now = Instant::now();
         for token in 1..=4 {
             publisher.publish(request(token, "orders"), now, ready);
