@@ -4,12 +4,13 @@ const { format } = require('./nuid')
 
 // Queues that live as long as the connection and see an entry per publish.
 // Both keep backing arrays that grow by doubling and clear what they
-// release; a very large one is let go once empty. A Map or a pushed-and-sliced array would reallocate its
-// store as entries come and go; once V8 has moved a store to the old
-// generation, each replaced one stays behind until the next full GC still
-// pointing at young entries (a Map's even chains every later table), so
-// the young generation fills with garbage it must copy, and V8 grows it to
-// its maximum (+30 MB RSS in the bench's rss workload after a `gc()`).
+// release; a very large one is let go once empty. A Map or a pushed-and-
+// sliced array would reallocate its store as entries come and go; once V8
+// has moved a store to the old generation, each replaced one stays behind
+// until the next full GC still pointing at young entries (a Map's even
+// chains every later table), so the young generation fills with garbage it
+// must copy, and V8 grows it to its maximum (+30 MB RSS in the bench's rss
+// workload after a `gc()`).
 
 /** First in, first out; O(1) push and shift on a ring. */
 class Fifo {
@@ -52,6 +53,11 @@ class Fifo {
   }
 }
 
+const MIN_SLOTS = 1024
+// A ring up to this size (1.8 MB) is kept when it empties: reallocating one
+// for every burst would churn V8's young generation with live arrays.
+const KEPT_SLOTS = 65536
+
 /**
  * Publishes awaiting their ack, by token (a counter): slot `token & mask` of
  * a ring that doubles while it is at least half full. A slot is the
@@ -60,11 +66,6 @@ class Fifo {
  * (it has outlived a ring's worth of later tokens) moves to a Map of such
  * stragglers, so one slow ack does not grow the ring.
  */
-const MIN_SLOTS = 1024
-// A ring up to this size (1.8 MB) is kept when it empties: reallocating one
-// for every burst would churn V8's young generation with live arrays.
-const KEPT_SLOTS = 65536
-
 class PublishTable {
   constructor () {
     this._alloc(MIN_SLOTS)

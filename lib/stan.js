@@ -323,7 +323,7 @@ class Stan extends EventEmitter {
         this._send(subject, payload, cb, guid, prefix, seq, headers)
       } catch {
         // Refused (too large for this server, say) and made before connect
-        // without a callback: there is no one to tell, as in 0.3.2.
+        // without a callback: there is no one to tell.
       }
     }
   }
