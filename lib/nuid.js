@@ -2,8 +2,7 @@
 
 // NUIDs as node-nats-streaming uses for publish guids: 12 random prefix
 // characters plus a 10-character sequence with a random increment. Made in
-// JS because the guid must exist before a publish that waits for capacity
-// reaches the native side. The prefix is the random part of a NUID from the
+// JS because `publish` returns the guid before its pack crosses. The prefix is the random part of a NUID from the
 // native side (node:crypto would add 2 MB to the process's RSS); the
 // sequence's start and increment only spread guids, as in the NUID
 // reference, so Math.random serves.

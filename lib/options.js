@@ -176,7 +176,8 @@ function parseConnectArgs (clusterID, clientID, opts) {
     logger: options.logger !== undefined,
     connectTimeoutMs: Math.ceil(options.connectTimeout),
     ackTimeoutMs: Math.ceil(options.ackTimeout),
-    maxPubAcksInflight: maxPubAcksInflight(options),
+    // Whole, 1 to 2^32 - 1: what the native side takes.
+    maxPubAcksInflight: Math.min(2 ** 32 - 1, Math.max(1, Math.trunc(options.maxPubAcksInflight))),
     maxReconnectAttempts: options.reconnect === false ? 0 : Math.trunc(options.maxReconnectAttempts),
     reconnectTimeWaitMs: Math.ceil(options.reconnectTimeWait),
     noRandomize: options.noRandomize,
@@ -188,11 +189,6 @@ function parseConnectArgs (clusterID, clientID, opts) {
     discoverPrefix: options.discoverPrefix
   }
   return { options, native }
-}
-
-/** `maxPubAcksInflight` as a whole number the native side takes (1 to 2^32 - 1). */
-function maxPubAcksInflight (options) {
-  return Math.min(2 ** 32 - 1, Math.max(1, Math.trunc(options.maxPubAcksInflight)))
 }
 
 function readFile (file, what) {
@@ -283,4 +279,4 @@ function streamDefaults (defaults, backend) {
   }
 }
 
-module.exports = { parseConnectArgs, maxPubAcksInflight, DEFAULTS }
+module.exports = { parseConnectArgs, DEFAULTS }

@@ -4,7 +4,7 @@ const { EventEmitter } = require('node:events')
 const { Connection } = require('./native')
 const { guids } = require('./nuid')
 const { Fifo, PublishTable } = require('./fifo')
-const { parseConnectArgs, maxPubAcksInflight } = require('./options')
+const { parseConnectArgs } = require('./options')
 const { Subscription, SubscriptionOptions } = require('./subscription')
 const { stanError, closedError, fromNative, text, guarded, emitGuarded } = require('./errors')
 const { Streams, Consumers, openKV } = require('./jetstream')
@@ -82,7 +82,7 @@ class Stan extends EventEmitter {
     // For error messages: the servers without any credentials in their URLs.
     this._servers = native.servers.map((url) => url.replace(/^([a-z]+:\/\/)?[^@/]*@/i, '$1'))
     this._state = CONNECTING
-    this._maxInFlight = maxPubAcksInflight(options)
+    this._maxInFlight = native.maxPubAcksInflight
     this._pending = new PublishTable()
     this._waiting = new Fifo()
     this._nextToken = 0
